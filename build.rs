@@ -1,0 +1,24 @@
+//! Compiles `proto/` with protox (pure Rust, so no system `protoc` is needed)
+//! and keeps the encoded descriptor set for server reflection.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/metering/v1/metering.proto";
+    println!("cargo:rerun-if-changed=proto");
+
+    let fds = protox::compile([proto], ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    // Kept for tonic-reflection, so grpcurl works without the .proto files.
+    std::fs::write(
+        out.join("metering_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        // Maps become BTreeMaps so that iterating them yields sorted keys,
+        // which is what Go's encoding/json writes.
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

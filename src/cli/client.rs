@@ -1,0 +1,113 @@
+//! The client side of the command line: `meterd emit` and `meterd health`.
+
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::{EmitArgs, HealthArgs};
+use crate::pb::metering_service_client::MeteringServiceClient;
+use crate::pb::{EmitRequest, Entry, Kind, Reason, Shape};
+use crate::server::ListenAddr;
+
+/// Connects to a server over TCP or a Unix socket.
+pub async fn connect(
+    addr: &ListenAddr,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    match addr {
+        ListenAddr::Tcp(a) => {
+            Endpoint::from_shared(format!("http://{a}"))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect()
+                .await
+        }
+        ListenAddr::Unix(path) => {
+            let path = path.clone();
+            // The URI is required but unused: the connector dials the socket.
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+        }
+    }
+}
+
+/// `meterd health`: Ok when the server reports SERVING.
+pub async fn health(args: HealthArgs) -> Result<(), String> {
+    let channel = connect(&args.addr, args.timeout)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", args.addr))?;
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service,
+        })
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    let status = resp.into_inner().status();
+    println!("{}", status.as_str_name());
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(format!("server is {}", status.as_str_name()))
+    }
+}
+
+/// `meterd emit`: records one entry, printing the server's answer.
+pub async fn emit(args: EmitArgs) -> Result<(), String> {
+    let kind = Kind::from_str_name(&format!(
+        "KIND_{}",
+        args.kind.replace('.', "_").to_uppercase()
+    ))
+    .ok_or_else(|| format!("--kind: unknown kind {:?}", args.kind))?;
+    let reason = match &args.reason {
+        None => Reason::Unspecified,
+        Some(r) => Reason::from_str_name(&format!("REASON_{}", r.replace('-', "_").to_uppercase()))
+            .filter(|r| *r != Reason::Unspecified)
+            .ok_or_else(|| format!("--reason: unknown reason {r:?}"))?,
+    };
+    let entry = Entry {
+        kind: kind as i32,
+        vm_id: args.vm_id.unwrap_or_default(),
+        snapshot_id: args.snapshot_id.unwrap_or_default(),
+        source_snapshot_id: args.source_snapshot_id.unwrap_or_default(),
+        reason: reason as i32,
+        hypervisor: args.hypervisor.unwrap_or_default(),
+        shape: Some(Shape {
+            cpu: args.cpu,
+            mem_bytes: args.mem,
+            storage_bytes: args.storage,
+        }),
+        emitted_at: None,
+        id: args.id.unwrap_or_default(),
+    };
+    let channel = connect(&args.addr, args.timeout)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", args.addr))?;
+    let mut request = tonic::Request::new(EmitRequest { entry: Some(entry) });
+    if let Some(token) = &args.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "--token: not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let resp = MeteringServiceClient::new(channel)
+        .emit(request)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!("{}", if resp.duplicate { "duplicate" } else { "ok" });
+    Ok(())
+}

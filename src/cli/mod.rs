@@ -1,0 +1,310 @@
+//! The `meterd` command line: `serve`, `check-config`, `emit` and `health`.
+//!
+//! Every `serve` flag can also come from an environment variable
+//! (`METERD_<FLAG>`) and from a TOML file (`--config`, keys named as the
+//! flags); precedence is flag > environment > file > default.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Serialize, Serializer};
+
+use crate::ledger::Fsync;
+use crate::record::Limits;
+use crate::server::ListenAddr;
+use crate::sink::SinkSpec;
+
+pub mod client;
+mod config;
+mod serve;
+
+pub use config::{effective_config, parse_from};
+pub use serve::{check, serve};
+
+/// Default gRPC address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meterd",
+    version,
+    about = "gRPC metering service: durable, Go-compatible JSONL ledger of VM lifecycle entries and metric batches"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Print the effective configuration (secrets redacted) and check it; exits non-zero on any invalid value.
+    CheckConfig(Box<ServeArgs>),
+    /// Record one entry (for shell hooks); exits non-zero with the server's message when rejected.
+    Emit(EmitArgs),
+    /// Probe a server's health; exits 0 when it is SERVING.
+    Health(HealthArgs),
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with defaults for any of these flags (keys named as the flags, e.g. fsync = "always").
+    #[arg(long, value_name = "FILE", env = "METERD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Where to listen: HOST:PORT or unix:/path. Repeat for several.
+    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "METERD_LISTEN", value_delimiter = ',')]
+    #[serde(serialize_with = "display_all")]
+    pub listen: Vec<ListenAddr>,
+    /// Ledger directory [default: $STATE_DIRECTORY, else $XDG_STATE_HOME/meterd, else ~/.local/state/meterd].
+    #[arg(long, value_name = "DIR", env = "METERD_LEDGER")]
+    pub ledger: Option<PathBuf>,
+    /// When writes reach the disk: always (synced before the ack), interval, never.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "always",
+        env = "METERD_FSYNC"
+    )]
+    #[serde(serialize_with = "display")]
+    pub fsync: Fsync,
+    /// Sync period for --fsync interval.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, env = "METERD_FSYNC_INTERVAL")]
+    #[serde(serialize_with = "duration")]
+    pub fsync_interval: Duration,
+    /// Where accepted records go: jsonl, jsonl=DIR, stderr, nop, capture (tests). Repeat to fan out.
+    #[arg(
+        long = "sink",
+        value_name = "SPEC",
+        default_value = "jsonl",
+        env = "METERD_SINK",
+        value_delimiter = ','
+    )]
+    #[serde(serialize_with = "display_all")]
+    pub sink: Vec<SinkSpec>,
+    /// How long an entry id or batch uuid is remembered, measured on the record's own time.
+    #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_DEDUPE_WINDOW")]
+    #[serde(serialize_with = "duration")]
+    pub dedupe_window: Duration,
+    /// How far in the future a timestamp may lie before it is rejected.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, env = "METERD_MAX_CLOCK_SKEW")]
+    #[serde(serialize_with = "duration")]
+    pub max_clock_skew: Duration,
+    /// Largest request message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024, env = "METERD_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: usize,
+    /// Most batches in one SubmitBatch request.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_batches_per_request, env = "METERD_MAX_BATCHES_PER_REQUEST")]
+    pub max_batches_per_request: usize,
+    /// Most metrics in one batch.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_metrics_per_batch, env = "METERD_MAX_METRICS_PER_BATCH")]
+    pub max_metrics_per_batch: usize,
+    /// Most labels on one metric.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_labels_per_metric, env = "METERD_MAX_LABELS_PER_METRIC")]
+    pub max_labels_per_metric: usize,
+    /// Longest id (vm_id, snapshot_id, id, uuid, model uuid), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_id_len, env = "METERD_MAX_ID_LEN")]
+    pub max_id_len: usize,
+    /// Longest other string field, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_string_len, env = "METERD_MAX_STRING_LEN")]
+    pub max_string_len: usize,
+    /// Largest credential field of a batch, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_credential_bytes, env = "METERD_MAX_CREDENTIAL_BYTES")]
+    pub max_credential_bytes: usize,
+    /// Calls and open SubmitBatch streams served at once; beyond it new ones get RESOURCE_EXHAUSTED at once.
+    #[arg(long, value_name = "N", default_value_t = 1024, env = "METERD_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 256, env = "METERD_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Interval of HTTP/2 keepalive pings to idle connections (0s: off).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, env = "METERD_HTTP2_KEEPALIVE_INTERVAL")]
+    #[serde(serialize_with = "duration")]
+    pub http2_keepalive_interval: Duration,
+    /// A connection whose keepalive ping is not answered within this is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "METERD_HTTP2_KEEPALIVE_TIMEOUT")]
+    #[serde(serialize_with = "duration")]
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive probes after this much idle time (0s: off).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, env = "METERD_TCP_KEEPALIVE")]
+    #[serde(serialize_with = "duration")]
+    pub tcp_keepalive: Duration,
+    /// Close connections gracefully after this age (0s: never).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration, env = "METERD_MAX_CONNECTION_AGE")]
+    #[serde(serialize_with = "duration")]
+    pub max_connection_age: Duration,
+    /// TLS certificate chain (PEM) for TCP listeners; re-read on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "METERD_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); re-read on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "METERD_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: enables mutual TLS.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "METERD_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens (one per line); calls must send `authorization: Bearer <token>`. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", env = "METERD_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Require the token for health and reflection too.
+    #[arg(long, env = "METERD_AUTH_ALL_SERVICES", requires = "auth_token_file")]
+    pub auth_all_services: bool,
+    /// Permission bits of Unix sockets, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0660", value_parser = parse_mode, env = "METERD_UNIX_MODE")]
+    #[serde(serialize_with = "octal")]
+    pub unix_mode: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", env = "METERD_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format on stderr (RUST_LOG sets the levels).
+    #[arg(long, value_enum, default_value = "text", env = "METERD_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// How long shutdown waits for in-flight calls.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "METERD_SHUTDOWN_GRACE")]
+    #[serde(serialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Server address: HOST:PORT or unix:/path.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "METERD_ADDR")]
+    pub addr: ListenAddr,
+    /// Service to ask about ("" is the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    /// Server address: HOST:PORT or unix:/path.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "METERD_ADDR")]
+    pub addr: ListenAddr,
+    /// vm.compute.start|stop, vm.storage.start|stop, snap.storage.start|stop.
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long)]
+    pub vm_id: Option<String>,
+    #[arg(long)]
+    pub snapshot_id: Option<String>,
+    #[arg(long)]
+    pub source_snapshot_id: Option<String>,
+    /// boot, restart, clone, restore, hibernate-wake, stop-user, stop-crash, vm-rm, snap-rm.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub hypervisor: Option<String>,
+    /// vCPUs.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: i64,
+    /// Memory: bytes, or a size such as 4GiB or 512MiB.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub mem: i64,
+    /// Storage: bytes, or a size such as 10GiB.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub storage: i64,
+    /// Idempotency key: a retry with the same id is recorded once.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "METERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Parses a byte count: plain bytes (`4294967296`) or with a unit (`4GiB`,
+/// `512MiB`, `10GB`).
+pub fn parse_size(s: &str) -> Result<i64, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a size such as 4GiB: {e}"))?;
+    i64::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0660"))
+}
+
+/// The ledger directory when `--ledger` is not given.
+pub fn default_ledger_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = env("STATE_DIRECTORY") {
+        // systemd's StateDirectory= may list several, separated by ':'.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    if let Some(dir) = env("XDG_STATE_HOME") {
+        return dir.join("meterd");
+    }
+    if let Some(home) = env("HOME") {
+        return home.join(".local/state/meterd");
+    }
+    PathBuf::from("meterd-ledger")
+}
+
+/// Parses the process's own command line (with environment and config file).
+pub fn parse() -> Result<Cli, clap::Error> {
+    parse_from(std::env::args_os().collect::<Vec<OsString>>())
+}
+
+fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn display_all<T: std::fmt::Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
+}
+
+fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn octal<S: Serializer>(m: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{m:04o}"))
+}

@@ -1,0 +1,174 @@
+//! `meterd serve` and `meterd check-config`: from flags to a running server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{default_ledger_dir, ServeArgs};
+use crate::ledger::LedgerConfig;
+use crate::record::Limits;
+use crate::server::{self, Auth, Listener, Tls, TlsFiles};
+use crate::sink::{self, fanout::Fanout, Sink, SinkSpec};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything `serve` builds from its flags before binding anything.
+struct Prepared {
+    ledger: LedgerConfig,
+    config: server::Config,
+}
+
+fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
+    if let Some(SinkSpec::Forward(kind, _)) = args
+        .sink
+        .iter()
+        .find(|s| matches!(s, SinkSpec::Forward(..)))
+    {
+        return Err(sink::forward_unavailable(kind));
+    }
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(Tls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?)),
+        _ => None,
+    };
+    let auth = match &args.auth_token_file {
+        Some(path) => Auth::from_file(path.clone())?,
+        None => Auth::none(),
+    };
+    Ok(Prepared {
+        ledger: LedgerConfig {
+            dir: args.ledger.clone().unwrap_or_else(default_ledger_dir),
+            fsync: args.fsync,
+            fsync_interval: args.fsync_interval,
+            dedupe_window: args.dedupe_window,
+        },
+        config: server::Config {
+            limits: Limits {
+                max_id_len: args.max_id_len,
+                max_string_len: args.max_string_len,
+                max_batches_per_request: args.max_batches_per_request,
+                max_metrics_per_batch: args.max_metrics_per_batch,
+                max_labels_per_metric: args.max_labels_per_metric,
+                max_credential_bytes: args.max_credential_bytes,
+                max_clock_skew: args.max_clock_skew,
+            },
+            max_message_bytes: args.max_message_bytes,
+            shutdown_grace: args.shutdown_grace,
+            max_in_flight: args.max_in_flight as usize,
+            max_streams_per_connection: args.max_streams_per_connection,
+            http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
+            http2_keepalive_timeout: args.http2_keepalive_timeout,
+            tcp_keepalive: nonzero(args.tcp_keepalive),
+            max_connection_age: nonzero(args.max_connection_age),
+            tls,
+            auth,
+            auth_all_services: args.auth_all_services,
+        },
+    })
+}
+
+/// `meterd check-config`: checks everything that can be checked without
+/// binding (files readable, certificates and tokens valid) and returns the
+/// effective configuration as TOML.
+pub fn check(args: &ServeArgs) -> Result<String, String> {
+    prepare(args)?;
+    super::effective_config(args)
+}
+
+/// Runs `meterd serve` until SIGINT or SIGTERM. SIGHUP re-reads the TLS
+/// files and tokens and reopens the ledger files (for rotation).
+pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    let Prepared { ledger, config } = prepare(&args)?;
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    for spec in &args.sink {
+        sinks.push(sink::build(spec, &ledger).await?);
+        if let SinkSpec::Jsonl(dir) = spec {
+            let dir = dir.as_ref().unwrap_or(&ledger.dir);
+            tracing::info!(ledger = %dir.display(), fsync = ?ledger.fsync, "jsonl ledger open");
+        }
+    }
+    let sink: Arc<dyn Sink> = if sinks.len() == 1 {
+        sinks.remove(0)
+    } else {
+        Arc::new(Fanout::new(sinks))
+    };
+
+    let mut listeners = Vec::new();
+    for addr in &args.listen {
+        let l = Listener::bind(addr, args.unix_mode)
+            .await
+            .map_err(|e| format!("listen on {addr}: {e}"))?;
+        let tls = matches!(l, Listener::Tcp(_)) && config.tls.is_some();
+        tracing::info!(addr = %l.local_addr(), tls, "listening");
+        listeners.push(l);
+    }
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+        tracing::info!(%addr, "metrics at /metrics");
+        let stop = stop_metrics.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(l, stop).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    tokio::spawn(reload_on_sighup(
+        config.tls.clone(),
+        config.auth.clone(),
+        sink.clone(),
+    ));
+    let result = server::run(listeners, config, sink, shutdown_signal()).await;
+    stop_metrics.cancel();
+    result
+}
+
+async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
+                }
+            }
+        }
+        if auth.enabled() {
+            match auth.reload() {
+                Ok(()) => tracing::info!("tokens reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "token reload failed; keeping the previous tokens")
+                }
+            }
+        }
+        match sink.reopen().await {
+            Ok(()) => tracing::info!("ledger files reopened"),
+            Err(e) => tracing::error!(error = %e, "ledger reopen failed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! meterd: a gRPC metering service. Hypervisor hosts and other services
+//! record billable lifecycle entries and Juju-style metric batches; meterd
+//! validates them, makes them durable and writes them to an append-only,
+//! Go-compatible JSONL ledger (or another sink).
+//!
+//! # Layout
+//! - [`pb`]: generated protobuf types of `proto/metering/v1` and the descriptor set.
+//! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
+//! - [`wire`]: the Go-compatible JSON encoding, written once.
+//! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes.
+//! - [`sink`]: the `Sink` contract, one module per sink, and the factory.
+//! - [`ledger`]: the append-only files: group commit, crash recovery, dedupe index.
+//! - [`cli`]: the `meterd` command line.
+
+pub mod cli;
+pub mod ledger;
+pub mod metrics;
+pub mod pb;
+pub mod record;
+pub mod server;
+pub mod sink;
+pub mod spool;
+pub mod wire;

@@ -1,0 +1,236 @@
+//! Prometheus metrics, kept in one registry and served as text on
+//! `--metrics-listen` at `/metrics`. Forwarding sinks add their backlog
+//! figures here too, so every operational number has one home.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A finished RPC.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+    pub code: &'static str,
+}
+
+/// An accepted record: `type` is entry or batch; kind and reason are the
+/// entry's (empty for batches).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabels {
+    pub r#type: &'static str,
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
+/// A rejected record and the field whose rule it broke.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub r#type: &'static str,
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: &'static str,
+}
+
+/// One stream (entries or batches) of one forwarding sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub sink: String,
+    pub stream: &'static str,
+}
+
+/// Every metric meterd exports. Safe for concurrent use.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RpcLabels, Counter>,
+    pub accepted: Family<RecordLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub duplicates: Family<TypeLabels, Counter>,
+    pub ledger_bytes: Family<FileLabels, Counter>,
+    pub sync_seconds: Histogram,
+    pub group_records: Histogram,
+    pub in_flight: Gauge,
+    pub backlog_records: Family<ForwardLabels, Gauge>,
+    pub backlog_bytes: Family<ForwardLabels, Gauge>,
+    pub oldest_pending_seconds: Family<ForwardLabels, Gauge>,
+    pub delivered: Family<ForwardLabels, Counter>,
+    pub retries: Family<ForwardLabels, Counter>,
+    pub dead_lettered: Family<ForwardLabels, Counter>,
+    pub quarantined: Family<ForwardLabels, Counter>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("meterd");
+        let m = Metrics {
+            requests: Family::default(),
+            accepted: Family::default(),
+            rejected: Family::default(),
+            duplicates: Family::default(),
+            ledger_bytes: Family::default(),
+            // 50 µs .. ~1.6 s
+            sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            // 1 .. 4096 records per group commit
+            group_records: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            in_flight: Gauge::default(),
+            backlog_records: Family::default(),
+            backlog_bytes: Family::default(),
+            oldest_pending_seconds: Family::default(),
+            delivered: Family::default(),
+            retries: Family::default(),
+            dead_lettered: Family::default(),
+            quarantined: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Finished RPCs by method and gRPC status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "records_accepted",
+            "Records accepted by type, kind and reason",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "records_rejected",
+            "Records rejected by type and the field that broke a rule",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "duplicates_skipped",
+            "Records already in the ledger, acknowledged again and not rewritten",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "ledger_written_bytes",
+            "Bytes appended to the ledger by file",
+            m.ledger_bytes.clone(),
+        );
+        registry.register(
+            "ledger_sync_seconds",
+            "Time spent in one ledger fdatasync",
+            m.sync_seconds.clone(),
+        );
+        registry.register(
+            "ledger_group_commit_records",
+            "Records written and synced together in one group commit",
+            m.group_records.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Calls and streams being served now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "forward_backlog_records",
+            "Records in a forwarding sink's spool not yet acknowledged upstream",
+            m.backlog_records.clone(),
+        );
+        registry.register(
+            "forward_backlog_bytes",
+            "Bytes in a forwarding sink's spool not yet acknowledged upstream",
+            m.backlog_bytes.clone(),
+        );
+        registry.register(
+            "forward_oldest_pending_seconds",
+            "Age (by its own time) of the oldest record waiting in a spool; 0 when caught up",
+            m.oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "forward_delivered",
+            "Records acknowledged by the upstream",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "forward_retries",
+            "Delivery attempts that failed and will be retried",
+            m.retries.clone(),
+        );
+        registry.register(
+            "forward_dead_lettered",
+            "Records the upstream rejected for good, moved to dead-letter.jsonl",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "forward_quarantined",
+            "Unreadable spool records moved to quarantine.jsonl",
+            m.quarantined.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The registry in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The gRPC code's name as Prometheus label, e.g. `OK`, `INVALID_ARGUMENT`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `/metrics` over HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics().encode(),
+            )
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,536 @@
+//! The domain records (`Entry`, `MetricBatch`) and the one place where
+//! protobuf input is validated. Nothing past [`Check`] ever sees a bad record.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::pb;
+
+/// A lifecycle endpoint. Downstream pairs `*.start` with `*.stop` by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    VmComputeStart,
+    VmComputeStop,
+    VmStorageStart,
+    VmStorageStop,
+    SnapStorageStart,
+    SnapStorageStop,
+}
+
+impl Kind {
+    /// The wire name, as the Go package spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::VmComputeStart => "vm.compute.start",
+            Kind::VmComputeStop => "vm.compute.stop",
+            Kind::VmStorageStart => "vm.storage.start",
+            Kind::VmStorageStop => "vm.storage.stop",
+            Kind::SnapStorageStart => "snap.storage.start",
+            Kind::SnapStorageStop => "snap.storage.stop",
+        }
+    }
+
+    /// True for the `vm.*` kinds, which are keyed by `vm_id`.
+    pub fn is_vm(self) -> bool {
+        !matches!(self, Kind::SnapStorageStart | Kind::SnapStorageStop)
+    }
+}
+
+/// Why an endpoint was emitted. Not tied to start or stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Boot,
+    Restart,
+    Clone,
+    Restore,
+    HibernateWake,
+    StopUser,
+    StopCrash,
+    VmRemove,
+    SnapRemove,
+}
+
+impl Reason {
+    /// The wire name, as the Go package spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Boot => "boot",
+            Reason::Restart => "restart",
+            Reason::Clone => "clone",
+            Reason::Restore => "restore",
+            Reason::HibernateWake => "hibernate-wake",
+            Reason::StopUser => "stop-user",
+            Reason::StopCrash => "stop-crash",
+            Reason::VmRemove => "vm-rm",
+            Reason::SnapRemove => "snap-rm",
+        }
+    }
+}
+
+/// Resources at an endpoint; all values are non-negative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub cpu: i64,
+    pub mem_bytes: i64,
+    pub storage_bytes: i64,
+}
+
+/// One validated lifecycle event. Empty strings mean "not set" (Go's omitempty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub vm_id: String,
+    pub snapshot_id: String,
+    pub source_snapshot_id: String,
+    pub reason: Option<Reason>,
+    pub hypervisor: String,
+    pub shape: Shape,
+    /// Always UTC.
+    pub emitted_at: OffsetDateTime,
+    /// Idempotency key; empty when the caller gave none.
+    pub id: String,
+}
+
+/// One validated measurement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metric {
+    pub key: String,
+    pub value: String,
+    pub time: OffsetDateTime,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One validated Juju metric batch. Its `Debug` output redacts the credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetricBatch {
+    pub uuid: String,
+    pub model_uuid: String,
+    pub model_name: String,
+    pub unit_name: String,
+    pub charm_url: String,
+    pub created: OffsetDateTime,
+    pub metrics: Vec<Metric>,
+    pub credentials: Vec<u8>,
+    pub reseller_credentials: Vec<u8>,
+    pub sla_credentials: Vec<u8>,
+}
+
+impl fmt::Debug for MetricBatch {
+    // Credentials must never reach logs or error messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricBatch")
+            .field("uuid", &self.uuid)
+            .field("model_uuid", &self.model_uuid)
+            .field("model_name", &self.model_name)
+            .field("unit_name", &self.unit_name)
+            .field("charm_url", &self.charm_url)
+            .field("created", &self.created)
+            .field("metrics", &self.metrics.len())
+            .field("credentials", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Size and count limits, enforced before any work is done.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest id (vm_id, snapshot_id, entry id, batch uuid, model uuid), in bytes.
+    pub max_id_len: usize,
+    /// Longest other string (hypervisor, names, metric keys, values, labels), in bytes.
+    pub max_string_len: usize,
+    /// Most batches in one SubmitBatchRequest.
+    pub max_batches_per_request: usize,
+    /// Most metrics in one batch.
+    pub max_metrics_per_batch: usize,
+    /// Most labels on one metric.
+    pub max_labels_per_metric: usize,
+    /// Largest credential field, in bytes.
+    pub max_credential_bytes: usize,
+    /// How far in the future a timestamp may be before it is rejected.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_id_len: 256,
+            max_string_len: 4096,
+            max_batches_per_request: 1000,
+            max_metrics_per_batch: 10_000,
+            max_labels_per_metric: 64,
+            max_credential_bytes: 64 * 1024,
+            max_clock_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A rule broken by one field. Displays as `field: rule`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub rule: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// Prefixes the field path, e.g. `key` becomes `metrics[2].key`.
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.rule)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// Validates protobuf input against the limits at one instant (`now`).
+pub struct Check<'a> {
+    pub limits: &'a Limits,
+    pub now: OffsetDateTime,
+}
+
+// === impl Check ===
+
+impl Check<'_> {
+    /// Converts an `Entry`, or names the first field that breaks a rule.
+    /// Field names are relative to the entry (`vm_id`, `shape.cpu`).
+    pub fn entry(&self, pb: pb::Entry) -> Result<Entry, Invalid> {
+        let kind = match pb::Kind::try_from(pb.kind) {
+            Ok(k) => kind_from_pb(k).ok_or_else(|| Invalid::new("kind", "must be set"))?,
+            Err(_) => return Err(Invalid::new("kind", format!("unknown value {}", pb.kind))),
+        };
+        let reason = match pb::Reason::try_from(pb.reason) {
+            Ok(r) => reason_from_pb(r),
+            Err(_) => {
+                return Err(Invalid::new(
+                    "reason",
+                    format!("unknown value {}", pb.reason),
+                ))
+            }
+        };
+        self.id("vm_id", &pb.vm_id)?;
+        self.id("snapshot_id", &pb.snapshot_id)?;
+        self.id("source_snapshot_id", &pb.source_snapshot_id)?;
+        self.id("id", &pb.id)?;
+        self.text("hypervisor", &pb.hypervisor)?;
+        if kind.is_vm() && pb.vm_id.is_empty() {
+            return Err(Invalid::new(
+                "vm_id",
+                format!("must be set for kind {}", kind.as_str()),
+            ));
+        }
+        if !kind.is_vm() && pb.snapshot_id.is_empty() {
+            return Err(Invalid::new(
+                "snapshot_id",
+                format!("must be set for kind {}", kind.as_str()),
+            ));
+        }
+        let shape = pb.shape.unwrap_or_default();
+        for (name, value) in [
+            ("shape.cpu", shape.cpu),
+            ("shape.mem_bytes", shape.mem_bytes),
+            ("shape.storage_bytes", shape.storage_bytes),
+        ] {
+            if value < 0 {
+                return Err(Invalid::new(name, "must not be negative"));
+            }
+        }
+        let emitted_at = match pb.emitted_at {
+            None => self.now,
+            Some(ts) => self.time("emitted_at", ts)?,
+        };
+        Ok(Entry {
+            kind,
+            vm_id: pb.vm_id,
+            snapshot_id: pb.snapshot_id,
+            source_snapshot_id: pb.source_snapshot_id,
+            reason,
+            hypervisor: pb.hypervisor,
+            shape: Shape {
+                cpu: shape.cpu,
+                mem_bytes: shape.mem_bytes,
+                storage_bytes: shape.storage_bytes,
+            },
+            emitted_at,
+            id: pb.id,
+        })
+    }
+
+    /// Converts a `MetricBatch`, or names the first field that breaks a rule.
+    /// Counts are checked before anything inside the batch is looked at.
+    pub fn batch(&self, pb: pb::MetricBatch) -> Result<MetricBatch, Invalid> {
+        let limits = self.limits;
+        if pb.metrics.len() > limits.max_metrics_per_batch {
+            return Err(Invalid::new(
+                "metrics",
+                format!(
+                    "{} metrics exceed the limit of {} per batch",
+                    pb.metrics.len(),
+                    limits.max_metrics_per_batch
+                ),
+            ));
+        }
+        self.required_id("uuid", &pb.uuid)?;
+        self.required_id("model_uuid", &pb.model_uuid)?;
+        if pb.unit_name.is_empty() {
+            return Err(Invalid::new("unit_name", "must not be empty"));
+        }
+        self.text("unit_name", &pb.unit_name)?;
+        self.text("model_name", &pb.model_name)?;
+        self.text("charm_url", &pb.charm_url)?;
+        for (name, bytes) in [
+            ("credentials", &pb.credentials),
+            ("reseller_credentials", &pb.reseller_credentials),
+            ("sla_credentials", &pb.sla_credentials),
+        ] {
+            if bytes.len() > limits.max_credential_bytes {
+                return Err(Invalid::new(
+                    name,
+                    format!("longer than {} bytes", limits.max_credential_bytes),
+                ));
+            }
+        }
+        let created = match pb.created {
+            None => self.now,
+            Some(ts) => self.time("created", ts)?,
+        };
+        let metrics = pb
+            .metrics
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                self.metric(m)
+                    .map_err(|e| e.within(&format!("metrics[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MetricBatch {
+            uuid: pb.uuid,
+            model_uuid: pb.model_uuid,
+            model_name: pb.model_name,
+            unit_name: pb.unit_name,
+            charm_url: pb.charm_url,
+            created,
+            metrics,
+            credentials: pb.credentials,
+            reseller_credentials: pb.reseller_credentials,
+            sla_credentials: pb.sla_credentials,
+        })
+    }
+
+    fn metric(&self, pb: pb::Metric) -> Result<Metric, Invalid> {
+        if pb.key.is_empty() {
+            return Err(Invalid::new("key", "must not be empty"));
+        }
+        self.text("key", &pb.key)?;
+        self.text("value", &pb.value)?;
+        let time = match pb.time {
+            None => return Err(Invalid::new("time", "must be set")),
+            Some(ts) => self.time("time", ts)?,
+        };
+        if pb.labels.len() > self.limits.max_labels_per_metric {
+            return Err(Invalid::new(
+                "labels",
+                format!(
+                    "{} labels exceed the limit of {}",
+                    pb.labels.len(),
+                    self.limits.max_labels_per_metric
+                ),
+            ));
+        }
+        for (k, v) in &pb.labels {
+            self.text("labels", k)?;
+            self.text(&format!("labels[{k:?}]"), v)?;
+        }
+        Ok(Metric {
+            key: pb.key,
+            value: pb.value,
+            time,
+            labels: pb.labels,
+        })
+    }
+
+    fn required_id(&self, field: &str, value: &str) -> Result<(), Invalid> {
+        if value.is_empty() {
+            return Err(Invalid::new(field, "must not be empty"));
+        }
+        self.id(field, value)
+    }
+
+    fn id(&self, field: &str, value: &str) -> Result<(), Invalid> {
+        check_str(field, value, self.limits.max_id_len)
+    }
+
+    fn text(&self, field: &str, value: &str) -> Result<(), Invalid> {
+        check_str(field, value, self.limits.max_string_len)
+    }
+
+    /// A valid protobuf Timestamp, not further ahead of `now` than the skew.
+    fn time(&self, field: &str, ts: prost_types::Timestamp) -> Result<OffsetDateTime, Invalid> {
+        let t = timestamp_to_time(&ts).ok_or_else(|| {
+            Invalid::new(
+                field,
+                "not a valid timestamp (years 0001 to 9999, nanos 0 to 999999999)",
+            )
+        })?;
+        if t > self.now + self.limits.max_clock_skew {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "more than {} in the future",
+                    humantime::format_duration(self.limits.max_clock_skew)
+                ),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+fn check_str(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.len() > max {
+        return Err(Invalid::new(field, format!("longer than {max} bytes")));
+    }
+    // Control characters would let one record masquerade as several in
+    // line-oriented tools downstream; JSON escaping alone does not protect them.
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Invalid::new(
+            field,
+            format!("contains control character U+{:04X}", c as u32),
+        ));
+    }
+    Ok(())
+}
+
+/// Converts a protobuf Timestamp within the range the JSON encoding can
+/// represent (years 0001..=9999), or `None`.
+pub fn timestamp_to_time(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
+    (1..=9999).contains(&t.year()).then_some(t)
+}
+
+/// The protobuf Timestamp of a time.
+pub fn time_to_timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }
+}
+
+fn kind_from_pb(k: pb::Kind) -> Option<Kind> {
+    Some(match k {
+        pb::Kind::Unspecified => return None,
+        pb::Kind::VmComputeStart => Kind::VmComputeStart,
+        pb::Kind::VmComputeStop => Kind::VmComputeStop,
+        pb::Kind::VmStorageStart => Kind::VmStorageStart,
+        pb::Kind::VmStorageStop => Kind::VmStorageStop,
+        pb::Kind::SnapStorageStart => Kind::SnapStorageStart,
+        pb::Kind::SnapStorageStop => Kind::SnapStorageStop,
+    })
+}
+
+fn reason_from_pb(r: pb::Reason) -> Option<Reason> {
+    Some(match r {
+        pb::Reason::Unspecified => return None,
+        pb::Reason::Boot => Reason::Boot,
+        pb::Reason::Restart => Reason::Restart,
+        pb::Reason::Clone => Reason::Clone,
+        pb::Reason::Restore => Reason::Restore,
+        pb::Reason::HibernateWake => Reason::HibernateWake,
+        pb::Reason::StopUser => Reason::StopUser,
+        pb::Reason::StopCrash => Reason::StopCrash,
+        pb::Reason::VmRm => Reason::VmRemove,
+        pb::Reason::SnapRm => Reason::SnapRemove,
+    })
+}
+
+// === impl From<&Entry> for pb::Entry ===
+
+impl From<&Entry> for pb::Entry {
+    /// The protobuf form of a validated entry, for forwarding upstream.
+    fn from(e: &Entry) -> pb::Entry {
+        pb::Entry {
+            kind: kind_to_pb(e.kind) as i32,
+            vm_id: e.vm_id.clone(),
+            snapshot_id: e.snapshot_id.clone(),
+            source_snapshot_id: e.source_snapshot_id.clone(),
+            reason: e.reason.map_or(pb::Reason::Unspecified, reason_to_pb) as i32,
+            hypervisor: e.hypervisor.clone(),
+            shape: Some(pb::Shape {
+                cpu: e.shape.cpu,
+                mem_bytes: e.shape.mem_bytes,
+                storage_bytes: e.shape.storage_bytes,
+            }),
+            emitted_at: Some(time_to_timestamp(e.emitted_at)),
+            id: e.id.clone(),
+        }
+    }
+}
+
+impl From<&MetricBatch> for pb::MetricBatch {
+    /// The protobuf form of a validated batch, for forwarding upstream.
+    fn from(b: &MetricBatch) -> pb::MetricBatch {
+        pb::MetricBatch {
+            uuid: b.uuid.clone(),
+            model_uuid: b.model_uuid.clone(),
+            model_name: b.model_name.clone(),
+            unit_name: b.unit_name.clone(),
+            charm_url: b.charm_url.clone(),
+            created: Some(time_to_timestamp(b.created)),
+            metrics: b
+                .metrics
+                .iter()
+                .map(|m| pb::Metric {
+                    key: m.key.clone(),
+                    value: m.value.clone(),
+                    time: Some(time_to_timestamp(m.time)),
+                    labels: m.labels.clone(),
+                })
+                .collect(),
+            credentials: b.credentials.clone(),
+            reseller_credentials: b.reseller_credentials.clone(),
+            sla_credentials: b.sla_credentials.clone(),
+        }
+    }
+}
+
+fn kind_to_pb(k: Kind) -> pb::Kind {
+    match k {
+        Kind::VmComputeStart => pb::Kind::VmComputeStart,
+        Kind::VmComputeStop => pb::Kind::VmComputeStop,
+        Kind::VmStorageStart => pb::Kind::VmStorageStart,
+        Kind::VmStorageStop => pb::Kind::VmStorageStop,
+        Kind::SnapStorageStart => pb::Kind::SnapStorageStart,
+        Kind::SnapStorageStop => pb::Kind::SnapStorageStop,
+    }
+}
+
+fn reason_to_pb(r: Reason) -> pb::Reason {
+    match r {
+        Reason::Boot => pb::Reason::Boot,
+        Reason::Restart => pb::Reason::Restart,
+        Reason::Clone => pb::Reason::Clone,
+        Reason::Restore => pb::Reason::Restore,
+        Reason::HibernateWake => pb::Reason::HibernateWake,
+        Reason::StopUser => pb::Reason::StopUser,
+        Reason::StopCrash => pb::Reason::StopCrash,
+        Reason::VmRemove => pb::Reason::VmRm,
+        Reason::SnapRemove => pb::Reason::SnapRm,
+    }
+}

@@ -1,0 +1,73 @@
+//! Serving status, kept in `grpc.health.v1.Health` for the whole server
+//! (`""`) and for `metering.v1.MeteringService`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// The service name that health checks may ask for.
+pub const SERVICE_NAME: &str = "metering.v1.MeteringService";
+
+/// Tracks whether the sinks are taking writes. Safe for concurrent use;
+/// only transitions reach the health service.
+#[derive(Clone)]
+pub(crate) struct Health {
+    reporter: HealthReporter,
+    serving: Arc<AtomicBool>,
+    /// Set at shutdown; from then on writes that finish no longer flip it back.
+    stopping: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub(crate) async fn new(reporter: HealthReporter) -> Self {
+        let health = Health {
+            reporter,
+            serving: Arc::new(AtomicBool::new(true)),
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        health.publish(true).await;
+        health
+    }
+
+    /// Records whether the last write succeeded. A failure flips the status
+    /// to NOT_SERVING; the next success flips it back.
+    pub(crate) fn observe(&self, ok: bool) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if self.serving.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                tracing::info!("writes succeed again; serving");
+            } else {
+                tracing::warn!("writes are failing; health is NOT_SERVING until one succeeds");
+            }
+            let this = self.clone();
+            // Publish the latest value, not `ok`: transitions racing each
+            // other then still settle on the current state.
+            tokio::spawn(async move {
+                let now = this.serving.load(Ordering::Acquire);
+                this.publish(now).await;
+            });
+        }
+    }
+
+    /// Marks the server as going away (shutdown).
+    pub(crate) async fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.serving.store(false, Ordering::Release);
+        self.publish(false).await;
+    }
+
+    async fn publish(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in ["", SERVICE_NAME] {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}

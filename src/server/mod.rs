@@ -1,0 +1,331 @@
+//! The tonic server: `MeteringService` beside `grpc.health.v1.Health` and
+//! server reflection (v1 and v1alpha), on TCP (optionally TLS) and
+//! Unix-socket listeners, with admission control and bearer-token auth.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::{code_name, metrics, RpcLabels};
+use crate::pb::metering_service_server::{MeteringService, MeteringServiceServer};
+use crate::pb::{EmitRequest, EmitResponse, SubmitBatchRequest};
+use crate::record::Limits;
+use crate::sink::{Outcome, Record, Sink, SinkError};
+
+mod auth;
+mod emit;
+mod health;
+mod listen;
+mod status;
+mod submit_batch;
+mod tls;
+
+pub use auth::Auth;
+pub use health::SERVICE_NAME;
+pub use listen::{ListenAddr, Listener};
+pub use tls::{Tls, TlsFiles};
+
+/// Server settings beside the sink.
+#[derive(Clone)]
+pub struct Config {
+    pub limits: Limits,
+    /// Largest request message accepted, in bytes (checked before decoding).
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for in-flight calls and open streams.
+    pub shutdown_grace: Duration,
+    /// Calls (and open SubmitBatch streams) served at once; beyond it new
+    /// ones get RESOURCE_EXHAUSTED at once instead of queueing.
+    pub max_in_flight: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 pings to idle connections, and how long to wait for the answer
+    /// before closing the connection.
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive probes on accepted connections.
+    pub tcp_keepalive: Option<Duration>,
+    /// Connections are closed gracefully after this age (spreads load after
+    /// a restart of a peer); `None` keeps them.
+    pub max_connection_age: Option<Duration>,
+    /// TLS for TCP listeners; Unix sockets stay plaintext.
+    pub tls: Option<Arc<Tls>>,
+    /// Bearer tokens for MeteringService (and, with `auth_all_services`,
+    /// health and reflection too).
+    pub auth: Auth,
+    pub auth_all_services: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            max_in_flight: 1024,
+            max_streams_per_connection: 256,
+            http2_keepalive_interval: Some(Duration::from_secs(30)),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            max_connection_age: None,
+            tls: None,
+            auth: Auth::none(),
+            auth_all_services: false,
+        }
+    }
+}
+
+/// State shared by every call.
+pub(crate) struct Shared {
+    sink: Arc<dyn Sink>,
+    limits: Limits,
+    health: health::Health,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// A call admitted under `--max-in-flight`; releases its slot when dropped.
+pub(crate) struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        metrics().in_flight.dec();
+    }
+}
+
+impl Shared {
+    /// Admits a call, or refuses it at once when the server is full.
+    fn admit(&self) -> Result<Admission, Status> {
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "server busy: {} calls in flight (--max-in-flight); retry with backoff",
+                self.max_in_flight
+            ))
+        })?;
+        metrics().in_flight.inc();
+        Ok(Admission { _permit: permit })
+    }
+
+    /// Hands records to the sink now (so they are written in call order)
+    /// and returns a future of the outcome that keeps health in step with it.
+    fn submit(
+        self: &Arc<Self>,
+        records: Arc<[Record]>,
+    ) -> impl Future<Output = Result<Vec<Outcome>, SinkError>> + Send + 'static {
+        let write = self.sink.submit(records);
+        let this = self.clone();
+        async move {
+            let result = write.await;
+            match &result {
+                Ok(_) => this.health.observe(true),
+                Err(e @ SinkError::Unavailable(_)) => {
+                    tracing::warn!(sink = this.sink.name(), error = %e, "write failed");
+                    this.health.observe(false);
+                }
+                Err(e) => tracing::warn!(sink = this.sink.name(), error = %e, "write refused"),
+            }
+            result
+        }
+    }
+}
+
+/// Counts a finished RPC.
+pub(crate) fn count_rpc(rpc: &'static str, code: tonic::Code) {
+    metrics()
+        .requests
+        .get_or_create(&RpcLabels {
+            rpc,
+            code: code_name(code),
+        })
+        .inc();
+}
+
+/// The `MeteringService` implementation.
+#[derive(Clone)]
+pub struct Metering {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl MeteringService for Metering {
+    async fn emit(&self, request: Request<EmitRequest>) -> Result<Response<EmitResponse>, Status> {
+        let result = match self.shared.admit() {
+            Ok(admission) => {
+                let r = emit::emit(&self.shared, request.into_inner()).await;
+                drop(admission);
+                r.map_err(|e| {
+                    tracing::debug!(error = %e, "emit failed");
+                    Status::from(e)
+                })
+            }
+            Err(status) => Err(status),
+        };
+        count_rpc(
+            "Emit",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result.map(Response::new)
+    }
+
+    type SubmitBatchStream = submit_batch::ResponseStream;
+
+    async fn submit_batch(
+        &self,
+        request: Request<Streaming<SubmitBatchRequest>>,
+    ) -> Result<Response<Self::SubmitBatchStream>, Status> {
+        let admission = self
+            .shared
+            .admit()
+            .inspect_err(|s| count_rpc("SubmitBatch", s.code()))?;
+        Ok(Response::new(submit_batch::submit_batch(
+            self.shared.clone(),
+            request.into_inner(),
+            admission,
+        )))
+    }
+}
+
+type Intercepted<S> = InterceptedService<S, Interceptor>;
+
+/// The auth check as a tonic interceptor; `enforce = false` lets every call through.
+#[derive(Clone)]
+pub struct Interceptor {
+    auth: Auth,
+    enforce: bool,
+}
+
+impl tonic::service::Interceptor for Interceptor {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.enforce {
+            self.auth.check(req)
+        } else {
+            Ok(req)
+        }
+    }
+}
+
+/// Serves on every listener until `shutdown` resolves; then stops accepting,
+/// lets in-flight calls finish (up to the grace period), closes the sink
+/// (syncing the ledger) and returns.
+pub async fn run(
+    listeners: Vec<Listener>,
+    config: Config,
+    sink: Arc<dyn Sink>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = health::Health::new(reporter).await;
+    let shared = Arc::new(Shared {
+        sink: sink.clone(),
+        limits: config.limits.clone(),
+        health: health.clone(),
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        max_in_flight: config.max_in_flight,
+    });
+    let guard = |enforce: bool| Interceptor {
+        auth: config.auth.clone(),
+        enforce: enforce && config.auth.enabled(),
+    };
+    let metering: Intercepted<_> = InterceptedService::new(
+        MeteringServiceServer::new(Metering { shared })
+            .max_decoding_message_size(config.max_message_bytes),
+        guard(true),
+    );
+    let health_service: Intercepted<_> =
+        InterceptedService::new(health_service, guard(config.auth_all_services));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    // v1alpha too: grpcurl 1.8 only speaks v1alpha.
+    let reflection_v1: Intercepted<_> =
+        InterceptedService::new(reflection().build_v1()?, guard(config.auth_all_services));
+    let reflection_v1alpha: Intercepted<_> = InterceptedService::new(
+        reflection().build_v1alpha()?,
+        guard(config.auth_all_services),
+    );
+
+    let token = CancellationToken::new();
+    let mut servers = tokio::task::JoinSet::new();
+    let mut sockets = Vec::new();
+    for listener in listeners {
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_keepalive_interval(config.http2_keepalive_interval)
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+            .tcp_keepalive(config.tcp_keepalive);
+        if let Some(age) = config.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
+            .add_service(metering.clone())
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone());
+        let stop = token.clone().cancelled_owned();
+        match (listener, &config.tls) {
+            (Listener::Tcp(l), Some(tls)) => {
+                servers.spawn(router.serve_with_incoming_shutdown(tls.clone().incoming(l), stop));
+            }
+            (Listener::Tcp(l), None) => {
+                let incoming = TcpListenerStream::new(l).map(|s| {
+                    // Small unary calls: don't let Nagle hold responses back.
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+                servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
+            }
+            (Listener::Unix(l, path), _) => {
+                sockets.push(path);
+                servers
+                    .spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop));
+            }
+        }
+    }
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down: no new calls; finishing in-flight ones"),
+        Some(result) = servers.join_next() => {
+            // A server ended on its own: that is an error worth stopping for.
+            token.cancel();
+            let _ = sink.close().await;
+            return Err(match result {
+                Ok(Err(e)) => e.into(),
+                Ok(Ok(())) => "a listener stopped unexpectedly".into(),
+                Err(e) => e.into(),
+            });
+        }
+    }
+    health.stopping().await;
+    token.cancel();
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?config.shutdown_grace, "calls still open after the grace period; closing them");
+        servers.abort_all();
+    }
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    sink.close().await?;
+    tracing::info!("ledger synced; bye");
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! `SubmitBatch`: the Juju collector exchange over a bidirectional stream.
+//!
+//! A reader task validates each request and starts its write at once; a
+//! responder task awaits the writes in request order and sends one response
+//! per request. Both hand-offs are bounded channels, so a client that pipelines
+//! faster than the disk, or stops reading, is slowed down rather than
+//! allowed to grow server memory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::{count_rpc, Admission, Shared};
+use crate::metrics::{metrics, RecordLabels, RejectLabels, TypeLabels};
+use crate::pb::{EnvResponse, ModelStatus, RejectedBatch, SubmitBatchRequest, SubmitBatchResponse};
+use crate::record::Check;
+use crate::sink::{Outcome, Record, SinkFuture};
+
+/// Requests of one stream whose writes may be under way at once.
+const PIPELINE_DEPTH: usize = 32;
+/// Responses the client has not read yet before the stream stops reading requests.
+const RESPONSE_BUFFER: usize = 16;
+
+/// The response stream handed to tonic.
+pub type ResponseStream = ReceiverStream<Result<SubmitBatchResponse, Status>>;
+
+/// One request on its way through: what was rejected, and the write of the rest.
+struct InFlight {
+    rejected: Vec<RejectedBatch>,
+    /// (batch uuid, model uuid) of each record in the write, in order.
+    accepted: Vec<(String, String)>,
+    write: Option<SinkFuture<Vec<Outcome>>>,
+}
+
+/// Serves one stream; `admission` holds its `--max-in-flight` slot until the
+/// stream ends.
+pub(super) fn submit_batch(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<SubmitBatchRequest>,
+    admission: Admission,
+) -> ResponseStream {
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Result<InFlight, Status>>(PIPELINE_DEPTH);
+    let (out_tx, out_rx) = mpsc::channel(RESPONSE_BUFFER);
+
+    let reader_shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let item = match inbound.message().await {
+                Ok(Some(req)) => Ok(start(&reader_shared, req)),
+                Ok(None) => break,
+                Err(status) => Err(status),
+            };
+            let failed = item.is_err();
+            // A failed send means the responder is gone (client left or the
+            // stream already ended with an error).
+            if pending_tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+
+    tokio::spawn(async move {
+        let mut code = tonic::Code::Ok;
+        while let Some(item) = pending_rx.recv().await {
+            let response = match item {
+                Ok(in_flight) => finish(in_flight).await,
+                Err(status) => Err(status),
+            };
+            if let Err(status) = &response {
+                code = status.code();
+            }
+            if out_tx.send(response).await.is_err() {
+                code = tonic::Code::Cancelled;
+                break;
+            }
+            if code != tonic::Code::Ok {
+                break;
+            }
+        }
+        count_rpc("SubmitBatch", code);
+        drop(admission);
+    });
+
+    ReceiverStream::new(out_rx)
+}
+
+/// Validates a request's batches and queues the accepted ones for writing,
+/// so the ledger keeps the stream's order.
+fn start(shared: &Arc<Shared>, req: SubmitBatchRequest) -> InFlight {
+    let limits = &shared.limits;
+    let mut rejected = Vec::new();
+    let mut accepted = Vec::new();
+    let mut records = Vec::with_capacity(req.batches.len());
+
+    if req.batches.len() > limits.max_batches_per_request {
+        let reason = format!(
+            "batches: {} batches exceed the limit of {} per request",
+            req.batches.len(),
+            limits.max_batches_per_request
+        );
+        for (i, b) in req.batches.into_iter().enumerate() {
+            count_rejected("batches");
+            rejected.push(rejection(i, b.uuid, b.model_uuid, reason.clone()));
+        }
+    } else {
+        let check = Check {
+            limits,
+            now: OffsetDateTime::now_utc(),
+        };
+        for (i, pb) in req.batches.into_iter().enumerate() {
+            let (uuid, model_uuid) = (pb.uuid.clone(), pb.model_uuid.clone());
+            match check.batch(pb) {
+                Ok(batch) => {
+                    tracing::debug!(uuid = %batch.uuid, model_uuid = %batch.model_uuid, unit = %batch.unit_name, metrics = batch.metrics.len(), "batch accepted");
+                    accepted.push((uuid, model_uuid));
+                    records.push(Record::batch(batch));
+                }
+                Err(invalid) => {
+                    tracing::debug!(%uuid, %invalid, "batch rejected");
+                    count_rejected(&invalid.field);
+                    rejected.push(rejection(i, uuid, model_uuid, invalid.to_string()));
+                }
+            }
+        }
+    }
+
+    let write = (!records.is_empty()).then(|| Box::pin(shared.submit(records.into())) as _);
+    InFlight {
+        rejected,
+        accepted,
+        write,
+    }
+}
+
+/// Waits for a request's write and builds its response: acks grouped by
+/// model uuid, as the Juju collector answers.
+async fn finish(in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
+    let mut env_responses: BTreeMap<String, EnvResponse> = BTreeMap::new();
+    if let Some(write) = in_flight.write {
+        let outcomes = write
+            .await
+            .map_err(|e| Status::from(super::status::Error::Sink(e)))?;
+        // Written and duplicate batches are both acknowledged: a re-sent
+        // batch must be acked again so that its sender can forget it.
+        for ((uuid, model_uuid), outcome) in in_flight.accepted.into_iter().zip(outcomes) {
+            count_accepted(outcome);
+            let env = env_responses
+                .entry(model_uuid)
+                .or_insert_with(|| EnvResponse {
+                    acks: Vec::new(),
+                    model_status: Some(ModelStatus::default()),
+                    unit_statuses: BTreeMap::new(),
+                });
+            if !env.acks.contains(&uuid) {
+                env.acks.push(uuid);
+            }
+        }
+    }
+    Ok(SubmitBatchResponse {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        env_responses,
+        new_grace_period: None,
+        rejected: in_flight.rejected,
+    })
+}
+
+fn count_accepted(outcome: Outcome) {
+    let m = metrics();
+    match outcome {
+        Outcome::Written => m
+            .accepted
+            .get_or_create(&RecordLabels {
+                r#type: "batch",
+                kind: "",
+                reason: "",
+            })
+            .inc(),
+        Outcome::Duplicate => m
+            .duplicates
+            .get_or_create(&TypeLabels { r#type: "batch" })
+            .inc(),
+    };
+}
+
+/// Counts a rejected batch under its field, with indexes dropped
+/// (`metrics[3].key` counts as `metrics[].key`) to keep the label bounded.
+fn count_rejected(field: &str) {
+    let mut normalized = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                normalized.push('[');
+            }
+            ']' => {
+                in_index = false;
+                normalized.push(']');
+            }
+            _ if in_index => {}
+            _ => normalized.push(c),
+        }
+    }
+    metrics()
+        .rejected
+        .get_or_create(&RejectLabels {
+            r#type: "batch",
+            field: normalized,
+        })
+        .inc();
+}
+
+fn rejection(index: usize, uuid: String, model_uuid: String, reason: String) -> RejectedBatch {
+    RejectedBatch {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        uuid,
+        model_uuid,
+        reason,
+    }
+}

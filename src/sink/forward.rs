@@ -1,0 +1,502 @@
+//! Forwarding sinks: records go to an [`Upstream`] (another meterd, a Juju
+//! collector, NATS JetStream), either through a durable local spool (acked
+//! to the client once spooled; delivered at least once, in order, with
+//! capped exponential backoff) or in pass-through mode (acked to the client
+//! only once the upstream acks; no local state).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::{Mutex, PoisonError};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::jsonl::JsonlSink;
+use super::{Outcome, Record, Sink, SinkError, SinkFuture};
+use crate::ledger::LedgerConfig;
+use crate::metrics::{metrics, ForwardLabels};
+use crate::spool::{Spool, Stream};
+
+/// The upstream's answer for one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Recorded upstream.
+    Acked,
+    /// The upstream already had it.
+    Duplicate,
+    /// Refused for good (invalid there); never re-sent.
+    Rejected(String),
+    /// Not acknowledged this time; send again later.
+    Retry,
+}
+
+/// The whole call failed (unreachable, timed out, malformed answer).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamError(pub String);
+
+pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, UpstreamError>> + Send>>;
+
+/// Where a forwarding sink delivers. Records of one call are all entries or
+/// all batches, in order; the answer has one verdict per record.
+pub trait Upstream: Send + Sync + 'static {
+    fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture;
+}
+
+/// How a forwarding sink acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardMode {
+    /// Ack once the record is in the local spool.
+    Spool,
+    /// Ack only once the upstream acks.
+    PassThrough,
+}
+
+/// Settings shared by every forwarding sink.
+#[derive(Clone, Debug)]
+pub struct ForwardOptions {
+    pub mode: ForwardMode,
+    /// Above this many spooled bytes new records get RESOURCE_EXHAUSTED.
+    pub max_spool_bytes: u64,
+    /// Longest wait between two delivery attempts.
+    pub retry_max: Duration,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        ForwardOptions {
+            mode: ForwardMode::Spool,
+            max_spool_bytes: 1 << 30,
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A sink that forwards to an upstream.
+pub struct ForwardSink {
+    name: String,
+    upstream: Arc<dyn Upstream>,
+    spooled: Option<Spooled>,
+}
+
+struct Spooled {
+    spool: Arc<Spool>,
+    writer: JsonlSink,
+    max_bytes: u64,
+    stop: CancellationToken,
+    forwarders: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ForwardSink {
+    /// Opens the spool in `spool.dir` (spool mode) and starts delivering.
+    pub async fn open(
+        name: String,
+        upstream: Arc<dyn Upstream>,
+        spool: LedgerConfig,
+        options: &ForwardOptions,
+    ) -> std::io::Result<ForwardSink> {
+        if options.mode == ForwardMode::PassThrough {
+            return Ok(ForwardSink {
+                name,
+                upstream,
+                spooled: None,
+            });
+        }
+        let spool = tokio::task::spawn_blocking(move || Spool::open(&spool))
+            .await
+            .map_err(std::io::Error::other)??;
+        let spool = Arc::new(spool);
+        let stop = CancellationToken::new();
+        let mut forwarders = Vec::new();
+        for stream in [Stream::Entries, Stream::Batches] {
+            let f = Forwarder::start(
+                &name,
+                stream,
+                spool.clone(),
+                upstream.clone(),
+                options.retry_max,
+            )
+            .await?;
+            forwarders.push(tokio::spawn(f.run(stop.clone())));
+        }
+        Ok(ForwardSink {
+            name,
+            upstream,
+            spooled: Some(Spooled {
+                writer: JsonlSink::from_ledger(spool.ledger.clone()),
+                spool,
+                max_bytes: options.max_spool_bytes,
+                stop,
+                forwarders: Mutex::new(forwarders),
+            }),
+        })
+    }
+}
+
+impl Sink for ForwardSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
+        let Some(s) = &self.spooled else {
+            // Pass-through: the client's ack is the upstream's.
+            let call = self.upstream.deliver(records);
+            let name = self.name.clone();
+            return Box::pin(async move {
+                let verdicts = call
+                    .await
+                    .map_err(|e| SinkError::Unavailable(format!("{name}: {e}")))?;
+                verdicts
+                    .into_iter()
+                    .map(|v| match v {
+                        Verdict::Acked => Ok(Outcome::Written),
+                        Verdict::Duplicate => Ok(Outcome::Duplicate),
+                        Verdict::Rejected(why) => Err(SinkError::Rejected(format!(
+                            "{name} rejected the record: {why}"
+                        ))),
+                        Verdict::Retry => Err(SinkError::Unavailable(format!(
+                            "{name} did not acknowledge the record"
+                        ))),
+                    })
+                    .collect()
+            });
+        };
+        let spooled = s.spool.ledger.entries.durable_len() + s.spool.ledger.batches.durable_len();
+        if spooled >= s.max_bytes {
+            let msg = format!(
+                "{}: spool full ({spooled} bytes, --spool-max-bytes {}); the upstream is not keeping up",
+                self.name, s.max_bytes
+            );
+            return Box::pin(async move { Err(SinkError::Exhausted(msg)) });
+        }
+        let labels = ForwardLabels {
+            sink: self.name.clone(),
+            stream: match records.first().map(|r| &r.body) {
+                Some(super::Body::Batch(_)) => Stream::Batches.name(),
+                _ => Stream::Entries.name(),
+            },
+        };
+        let write = s.writer.submit(records);
+        Box::pin(async move {
+            let outcomes = write.await?;
+            let written = outcomes.iter().filter(|o| **o == Outcome::Written).count();
+            metrics()
+                .backlog_records
+                .get_or_create(&labels)
+                .inc_by(i64::try_from(written).unwrap_or(i64::MAX));
+            Ok(outcomes)
+        })
+    }
+
+    fn close(&self) -> SinkFuture<()> {
+        let Some(s) = &self.spooled else {
+            return Box::pin(async { Ok(()) });
+        };
+        let stop = s.stop.clone();
+        let spool = s.spool.clone();
+        let forwarders =
+            std::mem::take(&mut *s.forwarders.lock().unwrap_or_else(PoisonError::into_inner));
+        Box::pin(async move {
+            // Shutdown never removes anything from the spool: whatever was not
+            // acknowledged upstream is delivered after the restart.
+            stop.cancel();
+            for f in forwarders {
+                let _ = f.await;
+            }
+            let (a, b) = tokio::join!(spool.ledger.entries.close(), spool.ledger.batches.close());
+            a.and(b).map_err(|e| SinkError::Unavailable(e.0))
+        })
+    }
+}
+
+/// Delivers one spool file, in order, from its cursor.
+struct Forwarder {
+    name: String,
+    stream: Stream,
+    spool: Arc<Spool>,
+    upstream: Arc<dyn Upstream>,
+    cursor: u64,
+    backoff: Backoff,
+    labels: ForwardLabels,
+    /// Whether the last attempt reached the upstream; logs say only when this flips.
+    up: bool,
+}
+
+// === impl Forwarder ===
+
+impl Forwarder {
+    async fn start(
+        name: &str,
+        stream: Stream,
+        spool: Arc<Spool>,
+        upstream: Arc<dyn Upstream>,
+        retry_max: Duration,
+    ) -> std::io::Result<Forwarder> {
+        let s = spool.clone();
+        let (cursor, backlog) = tokio::task::spawn_blocking(move || {
+            let cursor = s.load_cursor(stream)?;
+            Ok::<_, std::io::Error>((cursor, s.count_lines(stream, cursor)?))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let labels = ForwardLabels {
+            sink: name.to_owned(),
+            stream: stream.name(),
+        };
+        metrics()
+            .backlog_records
+            .get_or_create(&labels)
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        if backlog > 0 {
+            tracing::info!(
+                sink = name,
+                stream = stream.name(),
+                records = backlog,
+                "spool has a backlog to deliver"
+            );
+        }
+        Ok(Forwarder {
+            name: name.to_owned(),
+            stream,
+            spool,
+            upstream,
+            cursor,
+            backoff: Backoff::new(retry_max),
+            labels,
+            up: true,
+        })
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let journal = self.spool.journal(self.stream);
+            let len = journal.durable_len();
+            self.publish_backlog(len);
+            if self.cursor < len {
+                if !self.deliver_window(&stop).await {
+                    return; // stopping: the rest stays spooled
+                }
+            } else if len > 0 {
+                let cursor_path = self.spool.cursor_path(self.stream);
+                match journal.compact(self.cursor, cursor_path).await {
+                    Ok(true) => self.cursor = 0,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(sink = %self.name, error = %e, "spool compaction failed")
+                    }
+                }
+            } else {
+                tokio::select! {
+                    () = journal.appended() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    fn publish_backlog(&self, len: u64) {
+        let bytes = len.saturating_sub(self.cursor);
+        metrics()
+            .backlog_bytes
+            .get_or_create(&self.labels)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if bytes == 0 {
+            metrics()
+                .oldest_pending_seconds
+                .get_or_create(&self.labels)
+                .set(0);
+        }
+    }
+
+    /// Reads one window and delivers it until every record has a final
+    /// answer, then moves the cursor past it. Returns false when stopped.
+    async fn deliver_window(&mut self, stop: &CancellationToken) -> bool {
+        let (spool, stream, from) = (self.spool.clone(), self.stream, self.cursor);
+        let window = match tokio::task::spawn_blocking(move || spool.read(stream, from)).await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "reading the spool failed");
+                return self.pause(stop).await;
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "spool reader failed");
+                return self.pause(stop).await;
+            }
+        };
+        let m = metrics();
+        if window.quarantined > 0 {
+            m.quarantined
+                .get_or_create(&self.labels)
+                .inc_by(window.quarantined);
+            m.backlog_records
+                .get_or_create(&self.labels)
+                .dec_by(i64::try_from(window.quarantined).unwrap_or(0));
+        }
+        if let Some(first) = window.records.first() {
+            let age = (time::OffsetDateTime::now_utc() - first.time)
+                .whole_seconds()
+                .max(0);
+            m.oldest_pending_seconds
+                .get_or_create(&self.labels)
+                .set(age);
+        }
+
+        let mut pending: Vec<Record> = window.records;
+        while !pending.is_empty() {
+            let batch: Arc<[Record]> = pending.into();
+            match self.upstream.deliver(batch.clone()).await {
+                Ok(verdicts) if verdicts.len() == batch.len() => {
+                    self.reached(true);
+                    let mut retry = Vec::new();
+                    for (record, verdict) in batch.iter().zip(verdicts) {
+                        match verdict {
+                            Verdict::Acked | Verdict::Duplicate => self.done(&m.delivered),
+                            Verdict::Rejected(why) => {
+                                tracing::warn!(sink = %self.name, key = ?record.key, reason = %why, "upstream rejected a record; moved to dead-letter.jsonl");
+                                if let Err(e) = self.spool.dead_letter(record, &why) {
+                                    tracing::error!(sink = %self.name, error = %e, "writing the dead-letter file failed");
+                                    retry.push(clone_record(record));
+                                    continue;
+                                }
+                                self.done(&m.dead_lettered);
+                            }
+                            Verdict::Retry => retry.push(clone_record(record)),
+                        }
+                    }
+                    pending = retry;
+                    if !pending.is_empty() && !self.pause(stop).await {
+                        return false;
+                    }
+                    if pending.is_empty() {
+                        self.backoff.reset();
+                    }
+                }
+                Ok(verdicts) => {
+                    self.reached(false);
+                    tracing::error!(sink = %self.name, sent = batch.len(), answered = verdicts.len(), "upstream answered for a different number of records; retrying");
+                    pending = batch.iter().map(clone_record).collect();
+                    if !self.pause(stop).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    if self.up {
+                        tracing::warn!(sink = %self.name, error = %e, "upstream unreachable; records stay spooled and are retried");
+                    }
+                    self.reached(false);
+                    pending = batch.iter().map(clone_record).collect();
+                    if !self.pause(stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.cursor = window.end;
+        let (spool, stream, cursor) = (self.spool.clone(), self.stream, self.cursor);
+        match tokio::task::spawn_blocking(move || spool.store_cursor(stream, cursor)).await {
+            Ok(Ok(())) => {}
+            // The records were delivered; a stale cursor only means they may
+            // be delivered again after a restart (the upstream dedupes).
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "storing the spool cursor failed")
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "storing the spool cursor failed")
+            }
+        }
+        true
+    }
+
+    fn done(
+        &self,
+        counter: &prometheus_client::metrics::family::Family<
+            ForwardLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) {
+        counter.get_or_create(&self.labels).inc();
+        metrics().backlog_records.get_or_create(&self.labels).dec();
+    }
+
+    fn reached(&mut self, up: bool) {
+        if up && !self.up {
+            tracing::info!(sink = %self.name, stream = self.stream.name(), "upstream reachable again; delivering the backlog");
+        }
+        self.up = up;
+    }
+
+    /// Waits before the next attempt; false when stopped meanwhile.
+    async fn pause(&mut self, stop: &CancellationToken) -> bool {
+        metrics().retries.get_or_create(&self.labels).inc();
+        tokio::select! {
+            () = tokio::time::sleep(self.backoff.next()) => true,
+            () = stop.cancelled() => false,
+        }
+    }
+}
+
+fn clone_record(r: &Record) -> Record {
+    Record {
+        key: r.key.clone(),
+        time: r.time,
+        line: r.line.clone(),
+        body: match &r.body {
+            super::Body::Entry(e) => super::Body::Entry(e.clone()),
+            super::Body::Batch(b) => super::Body::Batch(b.clone()),
+        },
+    }
+}
+
+/// Capped exponential backoff with full jitter: attempt n waits a random
+/// time in [0, min(max, 100 ms * 2^n)], so that many sidecars retrying the
+/// same upstream spread out.
+struct Backoff {
+    attempt: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    const INITIAL: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Self {
+        Backoff { attempt: 0, max }
+    }
+
+    fn next(&mut self) -> Duration {
+        let ceiling = Self::INITIAL
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling
+            .mul_f64(fastrand::f64())
+            .max(Duration::from_millis(10))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A stable id for a record: its own key, or a hash of its line. Upstreams
+/// use it to drop re-sends (JetStream's Nats-Msg-Id, the entry id upstream).
+pub fn delivery_id(record: &Record) -> String {
+    match &record.key {
+        Some(k) => k.to_string(),
+        None => {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(&record.line);
+            let mut id = String::with_capacity(2 + 32);
+            id.push_str("h-");
+            for b in &digest[..16] {
+                id.push_str(&format!("{b:02x}"));
+            }
+            id
+        }
+    }
+}

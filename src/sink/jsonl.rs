@@ -1,0 +1,108 @@
+//! `jsonl`: the embedded default, the append-only ledger directory.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::{Body, Outcome, Record, Sink, SinkError, SinkFuture};
+use crate::ledger::{Job, Journal, JournalError, Ledger, LedgerConfig};
+
+/// Writes entries to `entries.jsonl` and batches to `batches.jsonl`; acks
+/// once durable per the fsync policy; de-duplicates by entry id and batch uuid.
+pub struct JsonlSink {
+    ledger: Arc<Ledger>,
+}
+
+impl JsonlSink {
+    /// Opens (and recovers) the ledger directory. Blocking work runs off the
+    /// async executor.
+    pub async fn open(config: LedgerConfig) -> std::io::Result<JsonlSink> {
+        let ledger = tokio::task::spawn_blocking(move || Ledger::open(&config))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(JsonlSink {
+            ledger: Arc::new(ledger),
+        })
+    }
+
+    /// A sink over a ledger that is already open (a spool's).
+    pub fn from_ledger(ledger: Arc<Ledger>) -> JsonlSink {
+        JsonlSink { ledger }
+    }
+}
+
+impl Sink for JsonlSink {
+    fn name(&self) -> &str {
+        "jsonl"
+    }
+
+    fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
+        let (entries, batches): (Vec<usize>, Vec<usize>) =
+            (0..records.len()).partition(|&i| matches!(records[i].body, Body::Entry(_)));
+        // Queue both now, so the files keep the order of the calls.
+        let mut waits = Vec::with_capacity(2);
+        for (journal, select) in [
+            (&self.ledger.entries, entries),
+            (&self.ledger.batches, batches),
+        ] {
+            if !select.is_empty() {
+                waits.push(queue(journal, records.clone(), select));
+            }
+        }
+        let len = records.len();
+        Box::pin(async move {
+            let mut merged = vec![Outcome::Written; len];
+            for wait in waits {
+                let (select, done) = wait?;
+                let outcomes = done
+                    .await
+                    .map_err(|_| SinkError::Unavailable("ledger writer stopped".into()))?
+                    .map_err(unavailable)?;
+                for (i, o) in select.into_iter().zip(outcomes) {
+                    merged[i] = o;
+                }
+            }
+            Ok(merged)
+        })
+    }
+
+    fn reopen(&self) -> SinkFuture<()> {
+        let ledger = self.ledger.clone();
+        Box::pin(async move {
+            let (a, b) = tokio::join!(ledger.entries.reopen(), ledger.batches.reopen());
+            a.and(b).map_err(unavailable)
+        })
+    }
+
+    fn close(&self) -> SinkFuture<()> {
+        let ledger = self.ledger.clone();
+        Box::pin(async move {
+            let (a, b) = tokio::join!(ledger.entries.close(), ledger.batches.close());
+            a.and(b).map_err(unavailable)
+        })
+    }
+}
+
+type Reply = oneshot::Receiver<Result<Vec<Outcome>, JournalError>>;
+
+/// Queues the selected records; returns the selection (for merging) and the
+/// reply to wait for.
+fn queue(
+    journal: &Journal,
+    records: Arc<[Record]>,
+    select: Vec<usize>,
+) -> Result<(Vec<usize>, Reply), SinkError> {
+    let (reply, done) = oneshot::channel();
+    journal
+        .write(Job {
+            records,
+            select: select.clone(),
+            reply,
+        })
+        .map_err(unavailable)?;
+    Ok((select, done))
+}
+
+fn unavailable(e: JournalError) -> SinkError {
+    SinkError::Unavailable(e.0)
+}

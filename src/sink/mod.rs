@@ -1,0 +1,228 @@
+//! The sink contract: where accepted records go. The server knows only
+//! [`Sink`]; each implementation lives in a small module of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::record::{Entry, MetricBatch};
+
+pub mod capture;
+pub mod fanout;
+pub mod forward;
+pub mod grpc;
+pub mod jsonl;
+pub mod nop;
+pub mod stderr;
+
+/// A validated record, encoded once (Go-compatible JSON line) at the edge so
+/// that every sink writes the same bytes and no sink encodes under a lock.
+pub struct Record {
+    /// De-duplication key: the entry `id` or the batch uuid; `None` for an
+    /// entry without an id.
+    pub key: Option<Box<str>>,
+    /// The record's own time (emitted_at or created), which places it in the
+    /// dedupe window.
+    pub time: time::OffsetDateTime,
+    /// The JSONL line, including its trailing newline.
+    pub line: Vec<u8>,
+    /// The record itself, for sinks that forward structured data.
+    pub body: Body,
+}
+
+/// What a record is.
+#[derive(Debug)]
+pub enum Body {
+    Entry(Entry),
+    Batch(MetricBatch),
+}
+
+impl std::fmt::Debug for Record {
+    // The line is left out: it holds batch credentials in base64.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("key", &self.key)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+/// What became of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Newly recorded.
+    Written,
+    /// Already recorded earlier (same key within the dedupe window); not written again.
+    Duplicate,
+}
+
+/// Why a sink could not take records. Nothing in the failed call counts as
+/// recorded; the caller may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink may recover by itself (disk full, read-only, upstream down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The sink is full and refuses more work for now.
+    #[error("{0}")]
+    Exhausted(String),
+    /// An upstream refused the record for good (pass-through mode).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A boxed future, so that `Sink` stays object-safe.
+pub type SinkFuture<T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'static>>;
+
+/// Where accepted records go. Implementations are safe for concurrent use.
+pub trait Sink: Send + Sync + 'static {
+    /// A short name for logs.
+    fn name(&self) -> &str;
+
+    /// Takes the records and resolves once each one is durable (or
+    /// acknowledged upstream, for a forwarding sink): one outcome per record,
+    /// in order. The work is queued when this is called, so records are
+    /// written in the order of the calls; the future only waits for the
+    /// outcome. Dropping it leaves the records' fate unknown (they may still
+    /// be written), exactly like a lost reply.
+    fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>>;
+
+    /// Reopens files by path (after a log rotation renamed them). Default: nothing to do.
+    fn reopen(&self) -> SinkFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Makes everything taken so far durable and stops. Called once at shutdown.
+    fn close(&self) -> SinkFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Every outcome `Written`: for sinks that do not de-duplicate.
+pub(crate) fn all_written(records: &[Record]) -> Vec<Outcome> {
+    vec![Outcome::Written; records.len()]
+}
+
+// === impl Record ===
+
+impl Record {
+    /// Encodes a validated entry once, for every sink.
+    pub fn entry(entry: Entry) -> Record {
+        let mut line = Vec::with_capacity(256);
+        crate::wire::entry_line(&entry, &mut line);
+        Record {
+            key: (!entry.id.is_empty()).then(|| entry.id.as_str().into()),
+            time: entry.emitted_at,
+            line,
+            body: Body::Entry(entry),
+        }
+    }
+
+    /// Encodes a validated batch once, for every sink.
+    pub fn batch(batch: MetricBatch) -> Record {
+        let mut line = Vec::with_capacity(512 + 128 * batch.metrics.len());
+        crate::wire::batch_line(&batch, &mut line);
+        Record {
+            key: Some(batch.uuid.as_str().into()),
+            time: batch.created,
+            line,
+            body: Body::Batch(batch),
+        }
+    }
+}
+
+/// Which sink, from a `--sink KIND[=TARGET]` spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// The ledger directory; `TARGET` overrides `--ledger`.
+    Jsonl(Option<std::path::PathBuf>),
+    Stderr,
+    Nop,
+    Capture,
+    /// A forwarding sink (`grpc`, `http`, `nats`) and its target.
+    Forward(String, String),
+}
+
+impl std::str::FromStr for SinkSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, target) = match s.split_once('=') {
+            Some((k, t)) => (k, Some(t)),
+            None => (s, None),
+        };
+        match (kind, target) {
+            ("jsonl", t) => Ok(SinkSpec::Jsonl(t.map(Into::into))),
+            ("stderr", None) => Ok(SinkSpec::Stderr),
+            ("nop", None) => Ok(SinkSpec::Nop),
+            ("capture", None) => Ok(SinkSpec::Capture),
+            ("stderr" | "nop" | "capture", Some(_)) => Err(format!("sink {kind} takes no target")),
+            ("grpc" | "http" | "nats", Some(t)) if !t.is_empty() => {
+                Ok(SinkSpec::Forward(kind.into(), t.into()))
+            }
+            ("grpc" | "http" | "nats", _) => Err(format!("sink {kind} needs a target: {kind}=ADDR")),
+            _ => Err(format!(
+                "unknown sink {kind:?} (expected jsonl, stderr, nop, capture, grpc=ADDR, http=URL or nats=URL)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkSpec {
+    /// The spec as given, with any password in a URL redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSpec::Jsonl(None) => f.write_str("jsonl"),
+            SinkSpec::Jsonl(Some(dir)) => write!(f, "jsonl={}", dir.display()),
+            SinkSpec::Stderr => f.write_str("stderr"),
+            SinkSpec::Nop => f.write_str("nop"),
+            SinkSpec::Capture => f.write_str("capture"),
+            SinkSpec::Forward(kind, target) => write!(f, "{kind}={}", redact_url(target)),
+        }
+    }
+}
+
+/// `scheme://user:secret@host` becomes `scheme://user:REDACTED@host`.
+fn redact_url(target: &str) -> String {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let at = rest[..authority_end].rfind('@').unwrap_or(0);
+            format!("{scheme}://{user}:REDACTED{}", &rest[at..])
+        }
+        _ => target.to_owned(),
+    }
+}
+
+/// Why a forwarding sink cannot be built (yet).
+pub fn forward_unavailable(kind: &str) -> String {
+    format!(
+        "sink {kind} is not available yet: forwarding sinks are not implemented in this version"
+    )
+}
+
+/// Builds one sink. `ledger` is the `--ledger` configuration.
+pub async fn build(
+    spec: &SinkSpec,
+    ledger: &crate::ledger::LedgerConfig,
+) -> Result<Arc<dyn Sink>, String> {
+    Ok(match spec {
+        SinkSpec::Jsonl(dir) => {
+            let mut config = ledger.clone();
+            if let Some(dir) = dir {
+                config.dir = dir.clone();
+            }
+            let sink = jsonl::JsonlSink::open(config)
+                .await
+                .map_err(|e| format!("jsonl sink: {e}"))?;
+            Arc::new(sink)
+        }
+        SinkSpec::Stderr => Arc::new(stderr::StderrSink),
+        SinkSpec::Nop => Arc::new(nop::NopSink),
+        SinkSpec::Capture => Arc::new(capture::CaptureSink::new()),
+        SinkSpec::Forward(kind, _) => return Err(forward_unavailable(kind)),
+    })
+}

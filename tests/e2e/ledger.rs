@@ -1,0 +1,344 @@
+//! The JSONL ledger: idempotency across restarts, crash recovery of a torn
+//! line, write failures answered UNAVAILABLE with recovery, fsync policies.
+
+use std::sync::Arc;
+
+use meterd::ledger::{Fsync, BATCHES_FILE, ENTRIES_FILE};
+use meterd::pb::SubmitBatchRequest;
+use meterd::server;
+use meterd::sink::jsonl::JsonlSink;
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::common::{
+    batch, batches, emit_req, entries, field_values, health_status, ledger_config, vm_entry, Server,
+};
+use crate::submit_batch::{acks, submit_all};
+
+#[tokio::test]
+async fn duplicate_entry_id_and_batch_uuid_are_written_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::jsonl(dir.path()).await;
+    let mut client = server.client().await;
+    let first = client
+        .emit(emit_req(vm_entry("vm-1", "evt-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.duplicate);
+    let again = client
+        .emit(emit_req(vm_entry("vm-1", "evt-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate, "same id in the same run");
+    let r = submit_all(
+        &mut client,
+        vec![SubmitBatchRequest {
+            batches: vec![batch("b-1", "m")],
+        }],
+    )
+    .await;
+    assert_eq!(acks(&r[0], "m"), vec!["b-1"]);
+    server.stop().await;
+
+    let server = Server::jsonl(dir.path()).await;
+    let mut client = server.client().await;
+    let after = client
+        .emit(emit_req(vm_entry("vm-1", "evt-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.duplicate, "the id survives a restart");
+    // Entries without an id are never de-duplicated.
+    client.emit(emit_req(vm_entry("vm-1", ""))).await.unwrap();
+    client.emit(emit_req(vm_entry("vm-1", ""))).await.unwrap();
+    let r = submit_all(
+        &mut client,
+        vec![
+            SubmitBatchRequest {
+                batches: vec![batch("b-1", "m"), batch("b-2", "m")],
+            },
+            SubmitBatchRequest {
+                batches: vec![batch("b-2", "m")],
+            },
+        ],
+    )
+    .await;
+    assert_eq!(
+        acks(&r[0], "m"),
+        vec!["b-1", "b-2"],
+        "a re-sent batch is acked again"
+    );
+    assert_eq!(acks(&r[1], "m"), vec!["b-2"]);
+    server.stop().await;
+
+    let ids: Vec<_> = entries(dir.path())
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            serde_json::json!("evt-1"),
+            serde_json::Value::Null,
+            serde_json::Value::Null
+        ]
+    );
+    let uuids = field_values(&batches(dir.path()), "uuid");
+    assert_eq!(uuids, vec!["b-1", "b-2"]);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::jsonl(dir.path()).await;
+    let client = server.client().await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let mut c = client.clone();
+        // 200 calls, 20 distinct ids, all at once.
+        tasks.push(tokio::spawn(async move {
+            c.emit(emit_req(vm_entry("vm-1", &format!("id-{}", i % 20))))
+                .await
+                .unwrap()
+                .into_inner()
+        }));
+    }
+    let mut duplicates = 0;
+    for t in tasks {
+        duplicates += usize::from(t.await.unwrap().duplicate);
+    }
+    assert_eq!(duplicates, 180);
+    server.stop().await;
+    assert_eq!(entries(dir.path()).len(), 20);
+}
+
+#[tokio::test]
+async fn dedupe_window_is_measured_on_the_record_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ledger_config(dir.path());
+    cfg.dedupe_window = std::time::Duration::from_secs(3600);
+    let old = meterd::record::time_to_timestamp(
+        time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(7200),
+    );
+    let mut stale = vm_entry("vm-1", "old-id");
+    stale.emitted_at = Some(old);
+
+    let sink = Arc::new(JsonlSink::open(cfg.clone()).await.unwrap());
+    let server = Server::with_sink(sink, server::Config::default()).await;
+    let mut client = server.client().await;
+    client.emit(emit_req(stale.clone())).await.unwrap();
+    client
+        .emit(emit_req(vm_entry("vm-1", "new-id")))
+        .await
+        .unwrap();
+    server.stop().await;
+
+    let sink = Arc::new(JsonlSink::open(cfg).await.unwrap());
+    let server = Server::with_sink(sink, server::Config::default()).await;
+    let mut client = server.client().await;
+    let r = client
+        .emit(emit_req(vm_entry("vm-1", "new-id")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.duplicate, "inside the window");
+    let r = client.emit(emit_req(stale)).await.unwrap().into_inner();
+    assert!(!r.duplicate, "outside the window an id is forgotten");
+    server.stop().await;
+    assert_eq!(entries(dir.path()).len(), 3);
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_cut_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let when = (time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(60))
+        .replace_nanosecond(0)
+        .unwrap();
+    let when_text = when
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let good = format!("{{\"kind\":\"vm.compute.start\",\"vm_id\":\"vm-1\",\"shape\":{{}},\"emitted_at\":\"{when_text}\",\"id\":\"kept\"}}\n");
+    std::fs::write(
+        dir.path().join(ENTRIES_FILE),
+        format!("{good}{{\"kind\":\"vm.comp"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(BATCHES_FILE), "{\"uuid\":\"torn").unwrap();
+
+    let server = Server::jsonl(dir.path()).await;
+    let mut client = server.client().await;
+    let mut kept = vm_entry("vm-1", "kept");
+    kept.emitted_at = Some(meterd::record::time_to_timestamp(when));
+    // The index was rebuilt from the surviving line.
+    assert!(
+        client
+            .emit(emit_req(kept))
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate
+    );
+    client
+        .emit(emit_req(vm_entry("vm-2", "new")))
+        .await
+        .unwrap();
+    submit_all(
+        &mut client,
+        vec![SubmitBatchRequest {
+            batches: vec![batch("b", "m")],
+        }],
+    )
+    .await;
+    server.stop().await;
+
+    let lines = entries(dir.path());
+    assert_eq!(lines.len(), 2);
+    assert_eq!(format!("{}\n", lines[0]), good);
+    for l in lines.iter().chain(batches(dir.path()).iter()) {
+        serde_json::from_str::<serde_json::Value>(l).expect("every line is whole JSON");
+    }
+    assert_eq!(batches(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_disk_answers_unavailable_flips_health_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries_path = dir.path().join(ENTRIES_FILE);
+    std::os::unix::fs::symlink("/dev/full", &entries_path).unwrap();
+    let server = Server::jsonl(dir.path()).await;
+    let mut client = server.client().await;
+    let mut health = server.health().await;
+    assert_eq!(
+        health_status(&mut health, "").await,
+        ServingStatus::Serving as i32
+    );
+
+    let status = client
+        .emit(emit_req(vm_entry("vm-1", "retry-me")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("No space left on device"),
+        "{status:?}"
+    );
+    let mut not_serving = false;
+    for _ in 0..100 {
+        if health_status(&mut health, "metering.v1.MeteringService").await
+            == ServingStatus::NotServing as i32
+        {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        not_serving,
+        "health reports NOT_SERVING after a failed write"
+    );
+    assert_eq!(
+        health_status(&mut health, "").await,
+        ServingStatus::NotServing as i32
+    );
+
+    // The cause goes away: the next write reopens the file and succeeds, and
+    // the failed id was left free so the client's retry is recorded.
+    std::fs::remove_file(&entries_path).unwrap();
+    let r = client
+        .emit(emit_req(vm_entry("vm-1", "retry-me")))
+        .await
+        .expect("recovered")
+        .into_inner();
+    assert!(!r.duplicate, "a failed write leaves its id free");
+    let mut serving = false;
+    for _ in 0..100 {
+        if health_status(&mut health, "").await == ServingStatus::Serving as i32 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(serving, "health returns to SERVING");
+    server.stop().await;
+    assert_eq!(entries(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_disk_ends_submit_batch_with_unavailable_and_nothing_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(BATCHES_FILE)).unwrap();
+    let server = Server::jsonl(dir.path()).await;
+    let mut client = server.client().await;
+    let mut responses = client
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
+            batches: vec![batch("b-1", "m")],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = responses
+        .next()
+        .await
+        .expect("an answer")
+        .expect_err("not acked");
+    assert_eq!(status.code(), Code::Unavailable);
+
+    std::fs::remove_file(dir.path().join(BATCHES_FILE)).unwrap();
+    let r = submit_all(
+        &mut client,
+        vec![SubmitBatchRequest {
+            batches: vec![batch("b-1", "m")],
+        }],
+    )
+    .await;
+    assert_eq!(
+        acks(&r[0], "m"),
+        vec!["b-1"],
+        "the re-sent batch is written, not taken for a duplicate"
+    );
+    server.stop().await;
+    assert_eq!(batches(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn every_fsync_policy_records_every_acknowledged_entry() {
+    for policy in [Fsync::Always, Fsync::Interval, Fsync::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ledger_config(dir.path());
+        cfg.fsync = policy;
+        cfg.fsync_interval = std::time::Duration::from_millis(10);
+        crate::sinks::exercise(Arc::new(JsonlSink::open(cfg).await.unwrap())).await;
+        assert_eq!(entries(dir.path()).len(), 200, "{policy:?}");
+    }
+}
+
+#[tokio::test]
+async fn ledger_files_are_private_and_the_directory_is_locked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("nested/ledger");
+    let server = Server::jsonl(&ledger).await;
+    for f in [ENTRIES_FILE, BATCHES_FILE] {
+        let mode = std::fs::metadata(ledger.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let err = match JsonlSink::open(ledger_config(&ledger)).await {
+        Ok(_) => panic!("a second meterd must not open the same ledger"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("in use by another meterd"),
+        "{err}"
+    );
+    server.stop().await;
+    JsonlSink::open(ledger_config(&ledger))
+        .await
+        .expect("free again after shutdown");
+}

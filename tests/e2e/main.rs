@@ -1,0 +1,14 @@
+//! End-to-end tests of meterd: real servers, real clients, real files.
+
+mod cli;
+mod common;
+mod crash;
+mod emit;
+mod grpcurl;
+mod ledger;
+mod ops;
+mod python;
+mod security;
+mod sinks;
+mod submit_batch;
+mod wire;
