@@ -14,6 +14,7 @@ use serde::{Serialize, Serializer};
 use crate::ledger::Fsync;
 use crate::record::Limits;
 use crate::server::ListenAddr;
+use crate::sink::forward::ForwardMode;
 use crate::sink::SinkSpec;
 
 pub mod client;
@@ -86,7 +87,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, env = "METERD_FSYNC_INTERVAL")]
     #[serde(serialize_with = "duration")]
     pub fsync_interval: Duration,
-    /// Where accepted records go: jsonl, jsonl=DIR, stderr, nop, capture (tests). Repeat to fan out.
+    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=unix:/path, http=URL, nats=URL, stderr, nop, capture (tests). Repeat to fan out.
     #[arg(
         long = "sink",
         value_name = "SPEC",
@@ -96,6 +97,32 @@ pub struct ServeArgs {
     )]
     #[serde(serialize_with = "display_all")]
     pub sink: Vec<SinkSpec>,
+    /// Forwarding sinks: ack once spooled locally (spool) or only once the upstream acks (pass-through).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "spool",
+        env = "METERD_FORWARD_MODE"
+    )]
+    pub forward_mode: ForwardMode,
+    /// Where forwarding sinks keep their spools [default: LEDGER/spool].
+    #[arg(long, value_name = "DIR", env = "METERD_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Per forwarding sink: above this many spooled bytes new records get RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size, env = "METERD_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: i64,
+    /// Longest wait between two delivery attempts (capped exponential backoff with jitter).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, env = "METERD_FORWARD_RETRY_MAX")]
+    #[serde(serialize_with = "duration")]
+    pub forward_retry_max: Duration,
+    /// Timeout of one upstream call (connect included).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "METERD_UPSTREAM_TIMEOUT")]
+    #[serde(serialize_with = "duration")]
+    pub upstream_timeout: Duration,
+    /// File whose first line is the bearer token sent to a grpc upstream (or the NATS auth token).
+    #[arg(long, value_name = "FILE", env = "METERD_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<PathBuf>,
     /// How long an entry id or batch uuid is remembered, measured on the record's own time.
     #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_DEDUPE_WINDOW")]
     #[serde(serialize_with = "duration")]

@@ -7,23 +7,24 @@ use super::{default_ledger_dir, ServeArgs};
 use crate::ledger::LedgerConfig;
 use crate::record::Limits;
 use crate::server::{self, Auth, Listener, Tls, TlsFiles};
-use crate::sink::{self, fanout::Fanout, Sink, SinkSpec};
+use crate::sink::forward::ForwardOptions;
+use crate::sink::{self, fanout::Fanout, BuildConfig, Sink, SinkSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything `serve` builds from its flags before binding anything.
 struct Prepared {
-    ledger: LedgerConfig,
+    sinks: BuildConfig,
     config: server::Config,
 }
 
 fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
-    if let Some(SinkSpec::Forward(kind, _)) = args
-        .sink
-        .iter()
-        .find(|s| matches!(s, SinkSpec::Forward(..)))
-    {
-        return Err(sink::forward_unavailable(kind));
+    for spec in &args.sink {
+        if let SinkSpec::Forward(kind, _) = spec {
+            if !matches!(kind.as_str(), "grpc") {
+                return Err(format!("sink {kind} is not available in this version"));
+            }
+        }
     }
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -38,13 +39,29 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         Some(path) => Auth::from_file(path.clone())?,
         None => Auth::none(),
     };
+    let ledger = LedgerConfig {
+        dir: args.ledger.clone().unwrap_or_else(default_ledger_dir),
+        fsync: args.fsync,
+        fsync_interval: args.fsync_interval,
+        dedupe_window: args.dedupe_window,
+    };
+    let token = match &args.upstream_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let forward = ForwardOptions {
+        mode: args.forward_mode,
+        spool_dir: args
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| ledger.dir.join("spool")),
+        max_spool_bytes: u64::try_from(args.spool_max_bytes).unwrap_or(0),
+        retry_max: args.forward_retry_max,
+        timeout: args.upstream_timeout,
+        token,
+    };
     Ok(Prepared {
-        ledger: LedgerConfig {
-            dir: args.ledger.clone().unwrap_or_else(default_ledger_dir),
-            fsync: args.fsync,
-            fsync_interval: args.fsync_interval,
-            dedupe_window: args.dedupe_window,
-        },
+        sinks: BuildConfig { ledger, forward },
         config: server::Config {
             limits: Limits {
                 max_id_len: args.max_id_len,
@@ -81,13 +98,22 @@ pub fn check(args: &ServeArgs) -> Result<String, String> {
 /// Runs `meterd serve` until SIGINT or SIGTERM. SIGHUP re-reads the TLS
 /// files and tokens and reopens the ledger files (for rotation).
 pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    let Prepared { ledger, config } = prepare(&args)?;
+    let Prepared {
+        sinks: build,
+        config,
+    } = prepare(&args)?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     for spec in &args.sink {
-        sinks.push(sink::build(spec, &ledger).await?);
-        if let SinkSpec::Jsonl(dir) = spec {
-            let dir = dir.as_ref().unwrap_or(&ledger.dir);
-            tracing::info!(ledger = %dir.display(), fsync = ?ledger.fsync, "jsonl ledger open");
+        sinks.push(sink::build(spec, &build).await?);
+        match spec {
+            SinkSpec::Jsonl(dir) => {
+                let dir = dir.as_ref().unwrap_or(&build.ledger.dir);
+                tracing::info!(ledger = %dir.display(), fsync = ?build.ledger.fsync, "jsonl ledger open");
+            }
+            SinkSpec::Forward(kind, target) => {
+                tracing::info!(sink = %spec, mode = ?build.forward.mode, spool = %build.forward.spool_for(kind, target).display(), "forwarding");
+            }
+            _ => {}
         }
     }
     let sink: Arc<dyn Sink> = if sinks.len() == 1 {
@@ -171,4 +197,18 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The first line of a secret file, trimmed.
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--upstream-token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        return Err(format!(
+            "--upstream-token-file {}: the first line is empty",
+            path.display()
+        ));
+    }
+    Ok(token)
 }

@@ -60,19 +60,33 @@ pub enum ForwardMode {
 #[derive(Clone, Debug)]
 pub struct ForwardOptions {
     pub mode: ForwardMode,
+    /// Parent of the spool directories (one per sink).
+    pub spool_dir: std::path::PathBuf,
     /// Above this many spooled bytes new records get RESOURCE_EXHAUSTED.
     pub max_spool_bytes: u64,
     /// Longest wait between two delivery attempts.
     pub retry_max: Duration,
+    /// Timeout of one upstream call.
+    pub timeout: Duration,
+    /// Credential for the upstream (bearer token, NATS token).
+    pub token: Option<String>,
 }
 
-impl Default for ForwardOptions {
-    fn default() -> Self {
-        ForwardOptions {
-            mode: ForwardMode::Spool,
-            max_spool_bytes: 1 << 30,
-            retry_max: Duration::from_secs(30),
-        }
+impl ForwardOptions {
+    /// The spool directory of the sink `kind=target`: one per upstream, named
+    /// after it so that a restart with the same flags finds its backlog.
+    pub fn spool_for(&self, kind: &str, target: &str) -> std::path::PathBuf {
+        let safe: String = super::redact_url(target)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.spool_dir.join(format!("{kind}-{safe}"))
     }
 }
 

@@ -182,7 +182,7 @@ impl std::fmt::Display for SinkSpec {
 }
 
 /// `scheme://user:secret@host` becomes `scheme://user:REDACTED@host`.
-fn redact_url(target: &str) -> String {
+pub(crate) fn redact_url(target: &str) -> String {
     let Some((scheme, rest)) = target.split_once("://") else {
         return target.to_owned();
     };
@@ -197,25 +197,23 @@ fn redact_url(target: &str) -> String {
     }
 }
 
-/// Why a forwarding sink cannot be built (yet).
-pub fn forward_unavailable(kind: &str) -> String {
-    format!(
-        "sink {kind} is not available yet: forwarding sinks are not implemented in this version"
-    )
+/// What sinks are built from: the ledger configuration (also used for
+/// spools) and the forwarding settings.
+#[derive(Clone, Debug)]
+pub struct BuildConfig {
+    pub ledger: crate::ledger::LedgerConfig,
+    pub forward: forward::ForwardOptions,
 }
 
-/// Builds one sink. `ledger` is the `--ledger` configuration.
-pub async fn build(
-    spec: &SinkSpec,
-    ledger: &crate::ledger::LedgerConfig,
-) -> Result<Arc<dyn Sink>, String> {
+/// Builds one sink.
+pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink>, String> {
     Ok(match spec {
         SinkSpec::Jsonl(dir) => {
-            let mut config = ledger.clone();
+            let mut ledger = config.ledger.clone();
             if let Some(dir) = dir {
-                config.dir = dir.clone();
+                ledger.dir = dir.clone();
             }
-            let sink = jsonl::JsonlSink::open(config)
+            let sink = jsonl::JsonlSink::open(ledger)
                 .await
                 .map_err(|e| format!("jsonl sink: {e}"))?;
             Arc::new(sink)
@@ -223,6 +221,26 @@ pub async fn build(
         SinkSpec::Stderr => Arc::new(stderr::StderrSink),
         SinkSpec::Nop => Arc::new(nop::NopSink),
         SinkSpec::Capture => Arc::new(capture::CaptureSink::new()),
-        SinkSpec::Forward(kind, _) => return Err(forward_unavailable(kind)),
+        SinkSpec::Forward(kind, target) => {
+            let options = &config.forward;
+            let upstream: Arc<dyn forward::Upstream> = match kind.as_str() {
+                "grpc" => {
+                    let addr: crate::server::ListenAddr =
+                        target.parse().map_err(|e| format!("sink {spec}: {e}"))?;
+                    Arc::new(grpc::GrpcUpstream::new(
+                        &addr,
+                        options.timeout,
+                        options.token.as_deref(),
+                    )?)
+                }
+                other => return Err(format!("sink {other} is not available in this version")),
+            };
+            let mut spool = config.ledger.clone();
+            spool.dir = options.spool_for(kind, target);
+            let sink = forward::ForwardSink::open(spec.to_string(), upstream, spool, options)
+                .await
+                .map_err(|e| format!("sink {spec}: spool: {e}"))?;
+            Arc::new(sink)
+        }
     })
 }

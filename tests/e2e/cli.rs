@@ -231,7 +231,7 @@ fn forwarding_sinks_are_refused_until_implemented() {
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("sink nats is not available yet"),
+        stderr.contains("sink nats is not available in this version"),
         "{stderr}"
     );
 }

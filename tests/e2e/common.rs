@@ -156,6 +156,8 @@ pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
     pub ledger: PathBuf,
+    /// The server's stderr.
+    pub log: PathBuf,
 }
 
 pub fn meterd_bin() -> &'static str {
@@ -174,8 +176,20 @@ impl Binary {
     /// Starts the binary without waiting for it (for servers whose TCP port
     /// speaks TLS; the caller probes readiness itself).
     pub fn spawn(ledger: &Path, extra: &[&str]) -> Binary {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::spawn_at(addr, ledger, extra)
+    }
+
+    /// Starts the binary on a given address (to restart a server where its
+    /// clients expect it) and waits until it answers health checks.
+    pub async fn start_at(addr: SocketAddr, ledger: &Path, extra: &[&str]) -> Binary {
+        let mut bin = Self::spawn_at(addr, ledger, extra);
+        bin.wait_ready().await;
+        bin
+    }
+
+    pub fn spawn_at(addr: SocketAddr, ledger: &Path, extra: &[&str]) -> Binary {
+        let port = addr.port();
         // The log goes beside the ledger, for reading when a test fails (a
         // pipe nobody reads could fill up and stall the server).
         let log_path = ledger.with_extension(format!("{port}.log"));
@@ -193,6 +207,7 @@ impl Binary {
             child,
             addr,
             ledger: ledger.to_path_buf(),
+            log: log_path,
         }
     }
 
@@ -220,6 +235,16 @@ impl Binary {
         connect_tcp(self.addr).await
     }
 
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory of the process, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
@@ -241,6 +266,17 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory of a process, in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
 
 /// Lines of a ledger file (each without its newline); empty if absent.

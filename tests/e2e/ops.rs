@@ -13,11 +13,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::common::{batch, emit_req, entries, free_port, meterd_bin, vm_entry, Binary, Server};
+use crate::common::{
+    batch, emit_req, entries, free_port, meterd_bin, rss_kib, vm_entry, Binary, Server,
+};
 use crate::submit_batch::submit_all;
 
 /// GETs `/metrics` and returns `series -> value` for every sample line.
-async fn scrape(addr: &str) -> HashMap<String, f64> {
+pub(crate) async fn scrape(addr: &str) -> HashMap<String, f64> {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("metrics endpoint");
@@ -202,15 +204,6 @@ async fn beyond_the_in_flight_cap_calls_get_resource_exhausted_at_once() {
     drop(streams);
     server.stop().await;
     assert_eq!(entries(dir.path()).len(), 1, "refused calls wrote nothing");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// The bound stated in the README: under a flood of calls far beyond the cap,
