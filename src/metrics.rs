@@ -51,6 +51,12 @@ pub struct ForwardLabels {
     pub stream: &'static str,
 }
 
+/// One sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
 /// Every metric meterd exports. Safe for concurrent use.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +75,7 @@ pub struct Metrics {
     pub retries: Family<ForwardLabels, Counter>,
     pub dead_lettered: Family<ForwardLabels, Counter>,
     pub quarantined: Family<ForwardLabels, Counter>,
+    pub collector_status: Family<SinkLabels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -99,6 +106,7 @@ impl Metrics {
             retries: Family::default(),
             dead_lettered: Family::default(),
             quarantined: Family::default(),
+            collector_status: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,6 +183,11 @@ impl Metrics {
             "forward_quarantined",
             "Unreadable spool records moved to quarantine.jsonl",
             m.quarantined.clone(),
+        );
+        registry.register(
+            "forward_collector_status",
+            "Meter status of an http (Juju collector) sink: 0 GREEN, 1 AMBER (3 failed sends), 2 RED (grace period exceeded)",
+            m.collector_status.clone(),
         );
         Metrics { registry, ..m }
     }

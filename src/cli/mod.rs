@@ -123,6 +123,17 @@ pub struct ServeArgs {
     /// File whose first line is the bearer token sent to a grpc upstream (or the NATS auth token).
     #[arg(long, value_name = "FILE", env = "METERD_UPSTREAM_TOKEN_FILE")]
     pub upstream_token_file: Option<PathBuf>,
+    /// http sink: where entries are POSTed as NDJSON (without it the http sink takes only batches).
+    #[arg(long, value_name = "URL", env = "METERD_HTTP_ENTRIES_URL")]
+    pub http_entries_url: Option<String>,
+    /// http sink: timeout of one POST to the collector, connect included.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "METERD_HTTP_TIMEOUT")]
+    #[serde(serialize_with = "duration")]
+    pub http_timeout: Duration,
+    /// http sink: how long sends may fail before the meter status turns RED (the collector's new-grace-period replaces it).
+    #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_HTTP_GRACE_PERIOD")]
+    #[serde(serialize_with = "duration")]
+    pub http_grace_period: Duration,
     /// How long an entry id or batch uuid is remembered, measured on the record's own time.
     #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_DEDUPE_WINDOW")]
     #[serde(serialize_with = "duration")]

@@ -8,6 +8,7 @@ use crate::ledger::LedgerConfig;
 use crate::record::Limits;
 use crate::server::{self, Auth, Listener, Tls, TlsFiles};
 use crate::sink::forward::ForwardOptions;
+use crate::sink::http::HttpOptions;
 use crate::sink::{self, fanout::Fanout, BuildConfig, Sink, SinkSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,10 +21,35 @@ struct Prepared {
 
 fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
     for spec in &args.sink {
-        if let SinkSpec::Forward(kind, _) = spec {
-            if !matches!(kind.as_str(), "grpc") {
-                return Err(format!("sink {kind} is not available in this version"));
+        if let SinkSpec::Forward(kind, target) = spec {
+            match kind.as_str() {
+                "grpc" => {}
+                "http" => {
+                    sink::http::check_url("sink http", target)?;
+                }
+                _ => return Err(format!("sink {kind} is not available in this version")),
             }
+        }
+    }
+    if let Some(url) = &args.http_entries_url {
+        sink::http::check_url("--http-entries-url", url)?;
+    }
+    // An http sink without an entries URL lets entries pass by: some other
+    // sink must keep them, or they would be acknowledged and lost.
+    let keeps_entries = |s: &SinkSpec| match s {
+        SinkSpec::Forward(kind, _) if kind == "http" => args.http_entries_url.is_some(),
+        SinkSpec::Nop => false,
+        _ => true,
+    };
+    if let Some(http) = args
+        .sink
+        .iter()
+        .find(|s| matches!(s, SinkSpec::Forward(k, _) if k == "http"))
+    {
+        if !args.sink.iter().any(keeps_entries) {
+            return Err(format!(
+                "sink {http} takes only batches and no other sink keeps entries: give --http-entries-url URL, or add a sink for them (e.g. --sink jsonl)"
+            ));
         }
     }
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
@@ -59,6 +85,11 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         retry_max: args.forward_retry_max,
         timeout: args.upstream_timeout,
         token,
+        http: HttpOptions {
+            entries_url: args.http_entries_url.clone(),
+            timeout: args.http_timeout,
+            grace_period: args.http_grace_period,
+        },
     };
     Ok(Prepared {
         sinks: BuildConfig { ledger, forward },

@@ -16,7 +16,9 @@ use tonic::{Status, Streaming};
 
 use super::{count_rpc, Admission, Shared};
 use crate::metrics::{metrics, RecordLabels, RejectLabels, TypeLabels};
-use crate::pb::{EnvResponse, ModelStatus, RejectedBatch, SubmitBatchRequest, SubmitBatchResponse};
+use crate::pb::{
+    EnvResponse, ModelStatus, RejectedBatch, SubmitBatchRequest, SubmitBatchResponse, UnitStatus,
+};
 use crate::record::Check;
 use crate::sink::{Outcome, Record, SinkFuture};
 
@@ -67,7 +69,7 @@ pub(super) fn submit_batch(
         let mut code = tonic::Code::Ok;
         while let Some(item) = pending_rx.recv().await {
             let response = match item {
-                Ok(in_flight) => finish(in_flight).await,
+                Ok(in_flight) => finish(&shared, in_flight).await,
                 Err(status) => Err(status),
             };
             if let Err(status) = &response {
@@ -138,8 +140,9 @@ fn start(shared: &Arc<Shared>, req: SubmitBatchRequest) -> InFlight {
 
 /// Waits for a request's write and builds its response: acks grouped by
 /// model uuid, as the Juju collector answers.
-async fn finish(in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
+async fn finish(shared: &Shared, in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
     let mut env_responses: BTreeMap<String, EnvResponse> = BTreeMap::new();
+    let mut new_grace_period = None;
     if let Some(write) = in_flight.write {
         let outcomes = write
             .await
@@ -148,13 +151,34 @@ async fn finish(in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
         // batch must be acked again so that its sender can forget it.
         for ((uuid, model_uuid), outcome) in in_flight.accepted.into_iter().zip(outcomes) {
             count_accepted(outcome);
-            let env = env_responses
-                .entry(model_uuid)
-                .or_insert_with(|| EnvResponse {
+            let env = env_responses.entry(model_uuid).or_insert_with_key(|model| {
+                // Statuses from a collector upstream, relayed as a Juju
+                // controller would.
+                let relay = shared.sink.relay(model).unwrap_or_default();
+                if let Some(grace) = relay.new_grace_period {
+                    new_grace_period = prost_types::Duration::try_from(grace).ok();
+                }
+                EnvResponse {
                     acks: Vec::new(),
-                    model_status: Some(ModelStatus::default()),
-                    unit_statuses: BTreeMap::new(),
-                });
+                    model_status: Some(ModelStatus {
+                        status: relay.model_status.status,
+                        info: relay.model_status.info,
+                    }),
+                    unit_statuses: relay
+                        .unit_statuses
+                        .into_iter()
+                        .map(|(unit, s)| {
+                            (
+                                unit,
+                                UnitStatus {
+                                    status: s.status,
+                                    info: s.info,
+                                },
+                            )
+                        })
+                        .collect(),
+                }
+            });
             if !env.acks.contains(&uuid) {
                 env.acks.push(uuid);
             }
@@ -163,7 +187,7 @@ async fn finish(in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
     Ok(SubmitBatchResponse {
         uuid: uuid::Uuid::new_v4().to_string(),
         env_responses,
-        new_grace_period: None,
+        new_grace_period,
         rejected: in_flight.rejected,
     })
 }

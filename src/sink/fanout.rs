@@ -50,6 +50,10 @@ impl Sink for Fanout {
         Box::pin(async move { try_join_all(calls).await.map(|_| ()) })
     }
 
+    fn relay(&self, model_uuid: &str) -> Option<super::Relay> {
+        self.sinks.iter().find_map(|s| s.relay(model_uuid))
+    }
+
     fn close(&self) -> SinkFuture<()> {
         let calls: Vec<_> = self.sinks.iter().map(|s| s.close()).collect();
         Box::pin(async move { try_join_all(calls).await.map(|_| ()) })

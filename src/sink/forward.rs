@@ -44,6 +44,17 @@ pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, Upstr
 /// all batches, in order; the answer has one verdict per record.
 pub trait Upstream: Send + Sync + 'static {
     fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture;
+
+    /// Meter statuses the upstream reported for a model; see [`Sink::relay`].
+    fn relay(&self, _model_uuid: &str) -> Option<super::Relay> {
+        None
+    }
+
+    /// Whether this upstream takes entries (a Juju collector may take only
+    /// batches); a sink that does not lets them pass by.
+    fn takes_entries(&self) -> bool {
+        true
+    }
 }
 
 /// How a forwarding sink acknowledges.
@@ -70,6 +81,7 @@ pub struct ForwardOptions {
     pub timeout: Duration,
     /// Credential for the upstream (bearer token, NATS token).
     pub token: Option<String>,
+    pub http: super::http::HttpOptions,
 }
 
 impl ForwardOptions {
@@ -157,6 +169,16 @@ impl Sink for ForwardSink {
     }
 
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
+        if !self.upstream.takes_entries()
+            && matches!(
+                records.first().map(|r| &r.body),
+                Some(super::Body::Entry(_))
+            )
+        {
+            // Checked at start-up: another sink keeps the entries.
+            let outcomes = super::all_written(&records);
+            return Box::pin(async move { Ok(outcomes) });
+        }
         let Some(s) = &self.spooled else {
             // Pass-through: the client's ack is the upstream's.
             let call = self.upstream.deliver(records);
@@ -205,6 +227,10 @@ impl Sink for ForwardSink {
                 .inc_by(i64::try_from(written).unwrap_or(i64::MAX));
             Ok(outcomes)
         })
+    }
+
+    fn relay(&self, model_uuid: &str) -> Option<super::Relay> {
+        self.upstream.relay(model_uuid)
     }
 
     fn close(&self) -> SinkFuture<()> {

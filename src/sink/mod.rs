@@ -11,6 +11,7 @@ pub mod capture;
 pub mod fanout;
 pub mod forward;
 pub mod grpc;
+pub mod http;
 pub mod jsonl;
 pub mod nop;
 pub mod stderr;
@@ -92,10 +93,33 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// The meter statuses an upstream (a Juju collector) last reported for
+    /// `model_uuid`, relayed to SubmitBatch clients. Default: none.
+    fn relay(&self, _model_uuid: &str) -> Option<Relay> {
+        None
+    }
+
     /// Makes everything taken so far durable and stops. Called once at shutdown.
     fn close(&self) -> SinkFuture<()> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// A meter status: `GREEN`, `AMBER` or `RED` (or empty) and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeterStatus {
+    pub status: String,
+    pub info: String,
+}
+
+/// What a collector says about one model, as a Juju controller relays it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Relay {
+    pub model_status: MeterStatus,
+    /// By unit name.
+    pub unit_statuses: std::collections::BTreeMap<String, MeterStatus>,
+    /// The collector's latest `new-grace-period`, if it gave one.
+    pub new_grace_period: Option<std::time::Duration>,
 }
 
 /// Every outcome `Written`: for sinks that do not de-duplicate.
@@ -233,6 +257,12 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
                         options.token.as_deref(),
                     )?)
                 }
+                "http" => Arc::new(http::HttpUpstream::new(
+                    spec.to_string(),
+                    target,
+                    &options.http,
+                    options.token.as_deref(),
+                )?),
                 other => return Err(format!("sink {other} is not available in this version")),
             };
             let mut spool = config.ledger.clone();

@@ -6,6 +6,7 @@ mod crash;
 mod emit;
 mod forward;
 mod grpcurl;
+mod http;
 mod ledger;
 mod ops;
 mod python;
