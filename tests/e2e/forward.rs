@@ -54,7 +54,15 @@ fn start_load(
                     Ok(_) => {
                         acked.entries.lock().unwrap().insert(vm);
                     }
-                    Err(s) if s.code() == Code::Unavailable => break,
+                    // The server went away (a kill -9 in the test).
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            Code::Unavailable | Code::Unknown | Code::Cancelled
+                        ) =>
+                    {
+                        break
+                    }
                     Err(s) => panic!("emit {vm}: {s:?}"),
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
