@@ -38,6 +38,16 @@ pub(super) async fn emit(shared: &Arc<Shared>, req: EmitRequest) -> Result<EmitR
     tracing::debug!(kind = entry.kind.as_str(), vm_id = %entry.vm_id, snapshot_id = %entry.snapshot_id, id = %entry.id, "emit");
 
     let outcomes = shared.submit(Arc::from([Record::entry(entry)])).await?;
+    if let Some(Outcome::Rejected(why)) = outcomes.first() {
+        metrics()
+            .rejected
+            .get_or_create(&RejectLabels {
+                r#type: "entry",
+                field: "upstream".into(),
+            })
+            .inc();
+        return Err(Error::Rejected(why.to_string()));
+    }
     let duplicate = outcomes.first() == Some(&Outcome::Duplicate);
     if duplicate {
         metrics()

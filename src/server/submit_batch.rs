@@ -33,8 +33,9 @@ pub type ResponseStream = ReceiverStream<Result<SubmitBatchResponse, Status>>;
 /// One request on its way through: what was rejected, and the write of the rest.
 struct InFlight {
     rejected: Vec<RejectedBatch>,
-    /// (batch uuid, model uuid) of each record in the write, in order.
-    accepted: Vec<(String, String)>,
+    /// (index in the request, batch uuid, model uuid) of each record in the
+    /// write, in order.
+    accepted: Vec<(usize, String, String)>,
     write: Option<SinkFuture<Vec<Outcome>>>,
 }
 
@@ -118,7 +119,7 @@ fn start(shared: &Arc<Shared>, req: SubmitBatchRequest) -> InFlight {
             match check.batch(pb) {
                 Ok(batch) => {
                     tracing::debug!(uuid = %batch.uuid, model_uuid = %batch.model_uuid, unit = %batch.unit_name, metrics = batch.metrics.len(), "batch accepted");
-                    accepted.push((uuid, model_uuid));
+                    accepted.push((i, uuid, model_uuid));
                     records.push(Record::batch(batch));
                 }
                 Err(invalid) => {
@@ -140,7 +141,7 @@ fn start(shared: &Arc<Shared>, req: SubmitBatchRequest) -> InFlight {
 
 /// Waits for a request's write and builds its response: acks grouped by
 /// model uuid, as the Juju collector answers.
-async fn finish(shared: &Shared, in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
+async fn finish(shared: &Shared, mut in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
     let mut env_responses: BTreeMap<String, EnvResponse> = BTreeMap::new();
     let mut new_grace_period = None;
     if let Some(write) = in_flight.write {
@@ -149,8 +150,17 @@ async fn finish(shared: &Shared, in_flight: InFlight) -> Result<SubmitBatchRespo
             .map_err(|e| Status::from(super::status::Error::Sink(e)))?;
         // Written and duplicate batches are both acknowledged: a re-sent
         // batch must be acked again so that its sender can forget it.
-        for ((uuid, model_uuid), outcome) in in_flight.accepted.into_iter().zip(outcomes) {
-            count_accepted(outcome);
+        for ((index, uuid, model_uuid), outcome) in in_flight.accepted.into_iter().zip(outcomes) {
+            if let Outcome::Rejected(why) = outcome {
+                // A pass-through upstream refused it: reported like a batch
+                // that broke a rule here.
+                count_rejected("upstream");
+                in_flight
+                    .rejected
+                    .push(rejection(index, uuid, model_uuid, why.to_string()));
+                continue;
+            }
+            count_accepted(&outcome);
             let env = env_responses.entry(model_uuid).or_insert_with_key(|model| {
                 // Statuses from a collector upstream, relayed as a Juju
                 // controller would.
@@ -188,11 +198,14 @@ async fn finish(shared: &Shared, in_flight: InFlight) -> Result<SubmitBatchRespo
         uuid: uuid::Uuid::new_v4().to_string(),
         env_responses,
         new_grace_period,
-        rejected: in_flight.rejected,
+        rejected: {
+            in_flight.rejected.sort_by_key(|r| r.index);
+            in_flight.rejected
+        },
     })
 }
 
-fn count_accepted(outcome: Outcome) {
+fn count_accepted(outcome: &Outcome) {
     let m = metrics();
     match outcome {
         Outcome::Written => m
@@ -207,6 +220,7 @@ fn count_accepted(outcome: Outcome) {
             .duplicates
             .get_or_create(&TypeLabels { r#type: "batch" })
             .inc(),
+        Outcome::Rejected(_) => return,
     };
 }
 

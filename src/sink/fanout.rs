@@ -7,7 +7,9 @@ use futures_util::future::try_join_all;
 use super::{Outcome, Record, Sink, SinkFuture};
 
 /// Sends every record to all of its sinks. A record counts as a duplicate
-/// when any sink reports it as one (only de-duplicating sinks ever do).
+/// when any sink reports it as one (only de-duplicating sinks ever do), and
+/// as rejected when a pass-through upstream refused it (the other sinks may
+/// still have written it).
 pub struct Fanout {
     sinks: Vec<Arc<dyn Sink>>,
     name: String,
@@ -36,8 +38,10 @@ impl Sink for Fanout {
             let mut merged = vec![Outcome::Written; records.len()];
             for outcomes in results {
                 for (m, o) in merged.iter_mut().zip(outcomes) {
-                    if o == Outcome::Duplicate {
-                        *m = Outcome::Duplicate;
+                    // A rejection outweighs a duplicate, which outweighs a write.
+                    match (&*m, o) {
+                        (Outcome::Rejected(_), _) | (_, Outcome::Written) => {}
+                        (_, o) => *m = o,
                     }
                 }
             }

@@ -192,9 +192,9 @@ impl Sink for ForwardSink {
                     .map(|v| match v {
                         Verdict::Acked => Ok(Outcome::Written),
                         Verdict::Duplicate => Ok(Outcome::Duplicate),
-                        Verdict::Rejected(why) => Err(SinkError::Rejected(format!(
-                            "{name} rejected the record: {why}"
-                        ))),
+                        Verdict::Rejected(why) => Ok(Outcome::Rejected(
+                            format!("{name} rejected the record: {why}").into(),
+                        )),
                         Verdict::Retry => Err(SinkError::Unavailable(format!(
                             "{name} did not acknowledge the record"
                         ))),

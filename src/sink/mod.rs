@@ -49,12 +49,15 @@ impl std::fmt::Debug for Record {
 }
 
 /// What became of one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Newly recorded.
     Written,
     /// Already recorded earlier (same key within the dedupe window); not written again.
     Duplicate,
+    /// Refused for good by an upstream that acks for the client
+    /// (pass-through forwarding), with its reason.
+    Rejected(Arc<str>),
 }
 
 /// Why a sink could not take records. Nothing in the failed call counts as
@@ -67,9 +70,6 @@ pub enum SinkError {
     /// The sink is full and refuses more work for now.
     #[error("{0}")]
     Exhausted(String),
-    /// An upstream refused the record for good (pass-through mode).
-    #[error("{0}")]
-    Rejected(String),
 }
 
 /// A boxed future, so that `Sink` stays object-safe.

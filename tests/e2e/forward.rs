@@ -525,3 +525,67 @@ async fn an_unreadable_spool_record_is_quarantined_and_the_rest_flows() {
     assert!(quarantined[1].contains("not json at all"));
     assert!(sidecar.log_text().contains("quarantine"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_relays_the_upstreams_rejections() {
+    let (agg_dir, side_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Stricter than the sidecar: one metric per batch, short strings.
+    let aggregator = Binary::start(
+        agg_dir.path(),
+        &["--max-metrics-per-batch", "1", "--max-string-len", "8"],
+    )
+    .await;
+    let sink = grpc_sink(aggregator.addr);
+    let sidecar = Binary::start(
+        side_dir.path(),
+        &["--sink", &sink, "--forward-mode", "pass-through"],
+    )
+    .await;
+    let mut client = sidecar.client().await;
+
+    // vm_entry's hypervisor "cloud-hypervisor" is longer than 8 bytes.
+    let s = client
+        .emit(emit_req(vm_entry("pt-vm", "pt-e")))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("entry.hypervisor"), "{}", s.message());
+
+    let mut too_big = batch("pt-big", "model-a");
+    too_big.metrics.push(too_big.metrics[0].clone());
+    let mut ok = batch("pt-ok", "model-a");
+    ok.unit_name = "pg/0".into();
+    ok.model_name = "prod".into();
+    ok.charm_url = "ch:pg".into();
+    ok.metrics[0].key = "conns".into();
+    let mut ok2 = ok.clone();
+    ok2.uuid = "pt-ok-2".into();
+    let mut stream = client
+        .submit_batch(tokio_stream::iter(vec![
+            SubmitBatchRequest {
+                batches: vec![too_big, ok],
+            },
+            SubmitBatchRequest { batches: vec![ok2] },
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.env_responses["model-a"].acks, vec!["pt-ok"]);
+    assert_eq!(first.rejected.len(), 1, "{:?}", first.rejected);
+    assert_eq!(first.rejected[0].index, 0);
+    assert_eq!(first.rejected[0].uuid, "pt-big");
+    assert!(
+        first.rejected[0].reason.contains("metrics"),
+        "{}",
+        first.rejected[0].reason
+    );
+    // The stream goes on.
+    let second = stream.next().await.unwrap().unwrap();
+    assert_eq!(second.env_responses["model-a"].acks, vec!["pt-ok-2"]);
+    assert!(entries(agg_dir.path()).is_empty());
+    assert_eq!(
+        crate::common::field_values(&batches(agg_dir.path()), "uuid"),
+        vec!["pt-ok", "pt-ok-2"]
+    );
+}
