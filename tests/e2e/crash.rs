@@ -1,5 +1,7 @@
-//! `kill -9` under load: every acknowledged entry and batch is in the ledger
-//! exactly once after restart, and no line is torn.
+//! `kill -9` under load, again and again: after every restart each
+//! acknowledged entry and batch is in the ledger exactly once and no line is
+//! torn. `METERD_CRASH_CYCLES` sets the number of cycles (3 in the suite,
+//! 20 in `scripts/soak`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,23 +24,29 @@ fn count_keys(lines: &[String], field: &str) -> HashMap<String, usize> {
     counts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_acknowledged_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Binary::start(dir.path(), &[]).await;
-    let acked_entries = Arc::new(Mutex::new(HashSet::new()));
-    let acked_batches = Arc::new(Mutex::new(HashSet::new()));
+#[derive(Default)]
+struct Acked {
+    entries: Mutex<HashSet<String>>,
+    batches: Mutex<HashSet<String>>,
+}
 
-    let mut load = Vec::new();
+/// Steady Emit (16 callers) and SubmitBatch (2 pipelining streams) load
+/// until the server disappears.
+async fn load(
+    server: &Binary,
+    cycle: usize,
+    acked: Arc<Acked>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for w in 0..16 {
         let mut client = server.client().await;
-        let acked = acked_entries.clone();
-        load.push(tokio::spawn(async move {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
             for i in 0.. {
-                let id = format!("w{w}-{i}");
+                let id = format!("c{cycle}-w{w}-{i}");
                 match client.emit(emit_req(vm_entry("vm-crash", &id))).await {
                     Ok(_) => {
-                        acked.lock().unwrap().insert(id);
+                        acked.entries.lock().unwrap().insert(id);
                     }
                     Err(_) => break, // the server is gone
                 }
@@ -47,12 +55,12 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     }
     for s in 0..2 {
         let mut client = server.client().await;
-        let acked = acked_batches.clone();
-        load.push(tokio::spawn(async move {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
             let requests = tokio_stream::iter(0..).map(move |i| SubmitBatchRequest {
                 batches: vec![
-                    batch(&format!("s{s}-{i}-a"), "m"),
-                    batch(&format!("s{s}-{i}-b"), "m"),
+                    batch(&format!("c{cycle}-s{s}-{i}-a"), "m"),
+                    batch(&format!("c{cycle}-s{s}-{i}-b"), "m"),
                 ],
             });
             let Ok(resp) = client.submit_batch(requests).await else {
@@ -61,68 +69,101 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
             let mut resp = resp.into_inner();
             while let Some(Ok(r)) = resp.next().await {
                 if let Some(env) = r.env_responses.get("m") {
-                    acked.lock().unwrap().extend(env.acks.iter().cloned());
+                    acked
+                        .batches
+                        .lock()
+                        .unwrap()
+                        .extend(env.acks.iter().cloned());
                 }
             }
         }));
     }
+    tasks
+}
 
-    // Let the load run until plenty is acknowledged, then pull the plug.
-    for _ in 0..500 {
-        if acked_entries.lock().unwrap().len() >= 500 && acked_batches.lock().unwrap().len() >= 200
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    server.kill9();
-    for t in load {
-        t.await.unwrap();
-    }
-    let acked_entries = acked_entries.lock().unwrap().clone();
-    let acked_batches = acked_batches.lock().unwrap().clone();
-    assert!(
-        acked_entries.len() >= 100,
-        "load ran: {} entries acked",
-        acked_entries.len()
-    );
-    assert!(!acked_batches.is_empty(), "load ran: batches acked");
-
-    // Restart on the same ledger: recovery runs, and re-sending everything
-    // acknowledged is recognised as duplicate.
-    let server = Binary::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    for id in acked_entries.iter().take(50) {
-        let r = client
-            .emit(emit_req(vm_entry("vm-crash", id)))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(r.duplicate, "{id} was acked before the crash");
-    }
-
-    let entry_counts = count_keys(&entries(dir.path()), "id");
-    for id in &acked_entries {
+/// Every acknowledged record exactly once, nothing written twice, no torn
+/// line (`entries()` and `batches()` check the last line).
+fn check_ledger(dir: &std::path::Path, acked: &Acked, cycle: usize) {
+    let entry_counts = count_keys(&entries(dir), "id");
+    for id in acked.entries.lock().unwrap().iter() {
         assert_eq!(
             entry_counts.get(id),
             Some(&1),
-            "acked entry {id} is in the ledger exactly once"
+            "cycle {cycle}: acked entry {id}"
         );
     }
     assert!(
         entry_counts.values().all(|&n| n == 1),
-        "no entry written twice"
+        "cycle {cycle}: an entry written twice"
     );
-    let batch_counts = count_keys(&batches(dir.path()), "uuid");
-    for uuid in &acked_batches {
+    let batch_counts = count_keys(&batches(dir), "uuid");
+    for uuid in acked.batches.lock().unwrap().iter() {
         assert_eq!(
             batch_counts.get(uuid),
             Some(&1),
-            "acked batch {uuid} is in the ledger exactly once"
+            "cycle {cycle}: acked batch {uuid}"
         );
     }
     assert!(
         batch_counts.values().all(|&n| n == 1),
-        "no batch written twice"
+        "cycle {cycle}: a batch written twice"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_record_cycle_after_cycle() {
+    let cycles: usize = std::env::var("METERD_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let acked = Arc::new(Acked::default());
+    let mut server = Binary::start(dir.path(), &[]).await;
+    for cycle in 0..cycles {
+        let tasks = load(&server, cycle, acked.clone()).await;
+        // Pull the plug at a random moment once some load got through.
+        let before = acked.entries.lock().unwrap().len();
+        while acked.entries.lock().unwrap().len() < before + 100 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..400))).await;
+        server.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+
+        // Restart on the same ledger: recovery runs, everything acknowledged
+        // is there once, and re-sending it is recognised as a duplicate.
+        server = Binary::start(dir.path(), &[]).await;
+        check_ledger(dir.path(), &acked, cycle);
+        let mut client = server.client().await;
+        let sample: Vec<String> = acked
+            .entries
+            .lock()
+            .unwrap()
+            .iter()
+            .take(20)
+            .cloned()
+            .collect();
+        for id in sample {
+            let r = client
+                .emit(emit_req(vm_entry("vm-crash", &id)))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                r.duplicate,
+                "cycle {cycle}: {id} was acked before the crash"
+            );
+        }
+    }
+    let (e, b) = (
+        acked.entries.lock().unwrap().len(),
+        acked.batches.lock().unwrap().len(),
+    );
+    assert!(
+        !acked.batches.lock().unwrap().is_empty(),
+        "batches were acked"
+    );
+    eprintln!("crash loop: {cycles} cycles survived, {e} acked entries and {b} acked batches checked after each restart");
 }

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod crash;
 mod emit;
+mod faults;
 mod forward;
 mod grpcurl;
 mod http;
