@@ -194,6 +194,9 @@ fn framed(flag: u8, declared_len: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Extra request headers.
+type Headers = Vec<(&'static str, String)>;
+
 const EMIT: &str = "/metering.v1.MeteringService/Emit";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +212,7 @@ async fn malformed_http2_requests_get_an_error_and_the_server_stays_healthy() {
         .unwrap();
     assert_eq!((ok.http, ok.grpc_status), (200, Some(0)), "{ok:?}");
 
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         (
             "a frame cut inside its 5-byte prefix",
             vec![],
