@@ -8,7 +8,10 @@
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
 //! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes.
-//! - [`sink`]: the `Sink` contract, one module per sink, and the factory.
+//! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
+//!   upstreams `grpc`, `http`), and the factory.
+//! - [`spool`]: the durable spool under forwarding sinks: cursors, windows,
+//!   dead-letter and quarantine files.
 //! - [`ledger`]: the append-only files: group commit, crash recovery, dedupe index.
 //! - [`cli`]: the `meterd` command line.
 
