@@ -22,6 +22,8 @@ use crate::common::{batch, emit_req, meterd_bin, pb_batch_from_go, vm_entry, Bin
 enum Answer {
     ServerError,
     Garbage,
+    /// Answers (with a valid ack) only after meterd's --http-timeout.
+    TooLate,
 }
 
 /// What the collector saw and did.
@@ -82,19 +84,39 @@ fn forced(state: &CollectorState) -> Option<(StatusCode, String)> {
     if state.down.load(Ordering::Relaxed) {
         return Some((StatusCode::INTERNAL_SERVER_ERROR, "down".into()));
     }
-    match state.script.lock().unwrap().pop_front() {
-        Some(Answer::ServerError) => Some((StatusCode::INTERNAL_SERVER_ERROR, "oops".into())),
-        Some(Answer::Garbage) => Some((StatusCode::OK, "<html>not a response</html>".into())),
-        None => None,
+    let mut script = state.script.lock().unwrap();
+    match script.front().copied() {
+        Some(Answer::ServerError) => {
+            script.pop_front();
+            Some((StatusCode::INTERNAL_SERVER_ERROR, "oops".into()))
+        }
+        Some(Answer::Garbage) => {
+            script.pop_front();
+            Some((StatusCode::OK, "<html>not a response</html>".into()))
+        }
+        Some(Answer::TooLate) | None => None,
     }
 }
 
 async fn batches(State(state): State<Arc<CollectorState>>, body: Bytes) -> (StatusCode, String) {
-    let mut seen = state.seen.lock().unwrap();
-    seen.batch_bodies.push(body.to_vec());
+    state.seen.lock().unwrap().batch_bodies.push(body.to_vec());
     if let Some(answer) = forced(&state) {
         return answer;
     }
+    let too_late = matches!(
+        state.script.lock().unwrap().pop_front(),
+        Some(Answer::TooLate)
+    );
+    if too_late {
+        // The ack below arrives after meterd gave up on the request; it
+        // must not count, and the batches must be sent again.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    ack(&state, &body, too_late)
+}
+
+fn ack(state: &CollectorState, body: &[u8], too_late: bool) -> (StatusCode, String) {
+    let mut seen = state.seen.lock().unwrap();
     let sent: Vec<serde_json::Value> =
         serde_json::from_slice(&body).expect("a JSON array of batches");
     let mut env: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -105,7 +127,9 @@ async fn batches(State(state): State<Arc<CollectorState>>, body: Bytes) -> (Stat
         *n += 1;
         let acks = env.entry(model).or_default();
         if !uuid.contains("-hold") || *n >= 2 {
-            *seen.acked.entry(uuid.clone()).or_insert(0) += 1;
+            if !too_late {
+                *seen.acked.entry(uuid.clone()).or_insert(0) += 1;
+            }
             acks.push(uuid);
         }
     }
@@ -158,13 +182,13 @@ async fn submit(client: &mut Client, batches: Vec<meterd::pb::MetricBatch>) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_wire_acks_retries_and_statuses() {
     let collector = Collector::start().await;
-    // The first exchange fails with a 500, the second gets garbage.
-    collector
-        .state
-        .script
-        .lock()
-        .unwrap()
-        .extend([Answer::ServerError, Answer::Garbage]);
+    // The first exchange fails with a 500, the second gets garbage, the
+    // third times out.
+    collector.state.script.lock().unwrap().extend([
+        Answer::ServerError,
+        Answer::Garbage,
+        Answer::TooLate,
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let sink = collector.sink();
     let entries_url = collector.entries_url();
@@ -179,6 +203,8 @@ async fn collector_wire_acks_retries_and_statuses() {
             &entries_url,
             "--forward-retry-max",
             "200ms",
+            "--http-timeout",
+            "500ms",
         ],
     )
     .await;
@@ -206,7 +232,7 @@ async fn collector_wire_acks_retries_and_statuses() {
     })
     .await;
     let bodies = collector.seen(|s| s.batch_bodies.clone());
-    assert_eq!(bodies.len(), 3, "a 500, garbage, then the ack");
+    assert_eq!(bodies.len(), 4, "a 500, garbage, a timeout, then the ack");
     for body in &bodies {
         assert_eq!(
             String::from_utf8_lossy(body),
