@@ -123,6 +123,40 @@ pub struct ServeArgs {
     /// File whose first line is the bearer token sent to a grpc upstream (or the NATS auth token).
     #[arg(long, value_name = "FILE", env = "METERD_UPSTREAM_TOKEN_FILE")]
     pub upstream_token_file: Option<PathBuf>,
+    /// nats sink: JetStream stream the records are published to.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "METERING",
+        env = "METERD_NATS_STREAM"
+    )]
+    pub nats_stream: String,
+    /// nats sink: get or create the stream (covering both subject templates) once NATS is reachable.
+    #[arg(long, env = "METERD_NATS_CREATE_STREAM")]
+    pub nats_create_stream: bool,
+    /// nats sink: replicas of a stream created with --nats-create-stream (1 to 5; a cluster needs at least as many JetStream servers).
+    #[arg(long, value_name = "N", default_value_t = 1, env = "METERD_NATS_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+    /// nats sink: duplicate window of a stream created with --nats-create-stream; re-sends (same Nats-Msg-Id) are dropped only within it, so it should cover the longest outage whose re-sends must be deduplicated (a longer window costs JetStream memory).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration, env = "METERD_NATS_DUPLICATE_WINDOW")]
+    #[serde(serialize_with = "duration")]
+    pub nats_duplicate_window: Duration,
+    /// nats sink: subject of entries; {kind}, {vm_id} become subject-safe tokens ('.', '*', '>', whitespace replaced by '_').
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "metering.entries.{kind}",
+        env = "METERD_NATS_ENTRIES_SUBJECT"
+    )]
+    pub nats_entries_subject: String,
+    /// nats sink: subject of batches; {model_uuid}, {unit} become subject-safe tokens.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "metering.batches.{model_uuid}",
+        env = "METERD_NATS_BATCHES_SUBJECT"
+    )]
+    pub nats_batches_subject: String,
     /// How long an entry id or batch uuid is remembered, measured on the record's own time.
     #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_DEDUPE_WINDOW")]
     #[serde(serialize_with = "duration")]

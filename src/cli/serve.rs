@@ -8,6 +8,7 @@ use crate::ledger::LedgerConfig;
 use crate::record::Limits;
 use crate::server::{self, Auth, Listener, Tls, TlsFiles};
 use crate::sink::forward::ForwardOptions;
+use crate::sink::nats::NatsOptions;
 use crate::sink::{self, fanout::Fanout, BuildConfig, Sink, SinkSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -21,7 +22,7 @@ struct Prepared {
 fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
     for spec in &args.sink {
         if let SinkSpec::Forward(kind, _) = spec {
-            if !matches!(kind.as_str(), "grpc") {
+            if !matches!(kind.as_str(), "grpc" | "nats") {
                 return Err(format!("sink {kind} is not available in this version"));
             }
         }
@@ -59,6 +60,14 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         retry_max: args.forward_retry_max,
         timeout: args.upstream_timeout,
         token,
+        nats: NatsOptions {
+            stream: args.nats_stream.clone(),
+            create_stream: args.nats_create_stream,
+            replicas: usize::from(args.nats_replicas),
+            duplicate_window: args.nats_duplicate_window,
+            entries_subject: args.nats_entries_subject.clone(),
+            batches_subject: args.nats_batches_subject.clone(),
+        },
     };
     Ok(Prepared {
         sinks: BuildConfig { ledger, forward },

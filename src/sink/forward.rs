@@ -70,6 +70,8 @@ pub struct ForwardOptions {
     pub timeout: Duration,
     /// Credential for the upstream (bearer token, NATS token).
     pub token: Option<String>,
+    /// Settings of the `nats` sink.
+    pub nats: super::nats::NatsOptions,
 }
 
 impl ForwardOptions {

@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod forward;
 pub mod grpc;
 pub mod jsonl;
+pub mod nats;
 pub mod nop;
 pub mod stderr;
 
@@ -233,6 +234,11 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
                         options.token.as_deref(),
                     )?)
                 }
+                "nats" => Arc::new(
+                    nats::NatsUpstream::connect(target, options)
+                        .await
+                        .map_err(|e| format!("sink {spec}: {e}"))?,
+                ),
                 other => return Err(format!("sink {other} is not available in this version")),
             };
             let mut spool = config.ledger.clone();

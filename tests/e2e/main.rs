@@ -7,6 +7,7 @@ mod emit;
 mod forward;
 mod grpcurl;
 mod ledger;
+mod nats;
 mod ops;
 mod python;
 mod security;
