@@ -15,7 +15,7 @@ use crate::ledger::Fsync;
 use crate::record::Limits;
 use crate::server::ListenAddr;
 use crate::sink::forward::ForwardMode;
-use crate::sink::SinkSpec;
+use crate::sink::{SinkSpec, SinkSpecs};
 
 pub mod client;
 mod config;
@@ -87,16 +87,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, env = "METERD_FSYNC_INTERVAL")]
     #[serde(serialize_with = "duration")]
     pub fsync_interval: Duration,
-    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=unix:/path, http=URL, nats=URL, stderr, nop, capture (tests). Repeat to fan out.
+    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=unix:/path, http=URL, nats=URL[,URL...], stderr, nop, capture (tests). Repeat (or separate with commas) to fan out.
     #[arg(
         long = "sink",
         value_name = "SPEC",
         default_value = "jsonl",
-        env = "METERD_SINK",
-        value_delimiter = ','
+        env = "METERD_SINK"
     )]
     #[serde(serialize_with = "display_all")]
-    pub sink: Vec<SinkSpec>,
+    pub sink: Vec<SinkSpecs>,
     /// Forwarding sinks: ack once spooled locally (spool) or only once the upstream acks (pass-through).
     #[arg(
         long,
@@ -304,6 +303,13 @@ pub struct EmitArgs {
     /// Give up after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Every `--sink` spec, in order.
+    pub fn sinks(&self) -> impl Iterator<Item = &SinkSpec> {
+        self.sink.iter().flat_map(|s| &s.0)
+    }
 }
 
 /// Parses a byte count: plain bytes (`4294967296`) or with a unit (`4GiB`,

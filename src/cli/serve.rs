@@ -20,7 +20,7 @@ struct Prepared {
 }
 
 fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
-    for spec in &args.sink {
+    for spec in args.sinks() {
         if let SinkSpec::Forward(kind, _) = spec {
             if !matches!(kind.as_str(), "grpc" | "nats") {
                 return Err(format!("sink {kind} is not available in this version"));
@@ -112,7 +112,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config,
     } = prepare(&args)?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    for spec in &args.sink {
+    for spec in args.sinks() {
         sinks.push(sink::build(spec, &build).await?);
         match spec {
             SinkSpec::Jsonl(dir) => {

@@ -107,6 +107,9 @@ impl NatsUpstream {
                     async_nats::Event::Disconnected => {
                         tracing::warn!("nats: disconnected; reconnecting")
                     }
+                    // Every failed reconnect attempt: the forwarder already
+                    // says when the upstream is unreachable.
+                    async_nats::Event::ClientError(e) => tracing::debug!(error = %e, "nats"),
                     other => tracing::warn!(event = %other, "nats"),
                 }
             });
@@ -456,6 +459,32 @@ mod tests {
                 .unwrap(),
             "m.all"
         );
+    }
+
+    #[test]
+    fn a_server_list_is_one_sink_and_every_password_is_redacted() {
+        use crate::sink::{SinkSpec, SinkSpecs};
+        let specs: SinkSpecs = "jsonl,nats=nats://u:p1@a:4222,nats://u:p2@b:4222,stderr"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            specs.0,
+            [
+                SinkSpec::Jsonl(None),
+                SinkSpec::Forward(
+                    "nats".into(),
+                    "nats://u:p1@a:4222,nats://u:p2@b:4222".into()
+                ),
+                SinkSpec::Stderr,
+            ]
+        );
+        let shown = specs.to_string();
+        assert_eq!(
+            shown,
+            "jsonl,nats=nats://u:REDACTED@a:4222,nats://u:REDACTED@b:4222,stderr"
+        );
+        assert!("jsonl,bogus".parse::<SinkSpecs>().is_err());
+        assert!("grpc=127.0.0.1:1,nats://x:1".parse::<SinkSpecs>().is_err());
     }
 
     #[test]
