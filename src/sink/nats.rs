@@ -277,6 +277,12 @@ impl Upstream for NatsUpstream {
                     Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                         Verdict::Rejected(format!("nats: {e}"))
                     }
+                    Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                        failed.get_or_insert_with(|| {
+                            "nats: no stream answered (missing, or electing a leader)".into()
+                        });
+                        Verdict::Retry
+                    }
                     Err(e) => {
                         failed.get_or_insert_with(|| format!("nats: {e}"));
                         Verdict::Retry

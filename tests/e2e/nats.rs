@@ -146,13 +146,24 @@ async fn read_stream(js: &jetstream::Context, stream: &str) -> Vec<Msg> {
     if state.messages == 0 {
         return Vec::new();
     }
-    let consumer = s
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .expect("create ordered consumer");
+    // Right after a cluster lost a node, consumer creation may time out
+    // until the stream's group settles: retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let consumer = loop {
+        match s
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "create ordered consumer: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     let mut messages = consumer.messages().await.expect("consume");
     let mut out = Vec::new();
     loop {
@@ -537,11 +548,6 @@ async fn nats_server_killed_and_restarted_mid_load_gets_everything_once() {
         t.await.expect("load task");
     }
     assert_in_stream_once(&[target], &spool, &acked, &meterd).await;
-    eprintln!(
-        "LOG {} acked={}",
-        meterd.log_text(),
-        acked.entries.lock().unwrap().len()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,7 +627,6 @@ async fn nats_cluster_node_killed_under_load_keeps_every_record_once() {
     let mut stream = js.get_stream("METERING").await.unwrap();
     let info = stream.info().await.unwrap().clone();
     assert_eq!(info.config.num_replicas, 3);
-    let leader = info.cluster.and_then(|c| c.leader).unwrap_or_default();
 
     let spool = spool_dir(&ledger, &target);
     let stop = Arc::new(AtomicBool::new(false));
@@ -640,7 +645,18 @@ async fn nats_cluster_node_killed_under_load_keeps_every_record_once() {
     wait_for(100).await;
     // Lose the stream leader: the harder case (a new leader is elected,
     // publishes in flight time out and are re-sent).
-    let victim = (0..3).find(|i| format!("n{i}") == leader).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let victim = loop {
+        let leader = match stream.info().await {
+            Ok(info) => info.cluster.as_ref().and_then(|c| c.leader.clone()),
+            Err(_) => None,
+        };
+        if let Some(i) = (0..3).find(|i| leader.as_deref() == Some(format!("n{i}").as_str())) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the stream has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     nodes[victim].kill9();
     let before = acked.entries.lock().unwrap().len();
     wait_for(before + 200).await;
