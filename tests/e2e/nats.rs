@@ -670,3 +670,98 @@ async fn nats_cluster_node_killed_under_load_keeps_every_record_once() {
         .collect();
     assert_in_stream_once(&alive, &spool, &acked, &meterd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_message_id_already_in_the_stream_counts_as_delivered_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(free_port(), &tmp.path().join("js"));
+    let target = nats.url();
+    // The operator's own stream, not created by meterd.
+    let js = jetstream::new(nats_client(std::slice::from_ref(&target)).await);
+    js.create_stream(jetstream::stream::Config {
+        name: "BILLING".into(),
+        subjects: vec!["usage.>".into()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    // As if an earlier attempt had got through but its PubAck was lost.
+    let ack = js
+        .send_publish(
+            "usage.e.vm-1",
+            jetstream::message::PublishMessage::build()
+                .payload("earlier".into())
+                .message_id("dup-1"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!ack.duplicate);
+
+    let ledger = tmp.path().join("ledger");
+    let sink = format!("nats={target}");
+    let meterd = Binary::start(
+        &ledger,
+        &[
+            "--sink",
+            &sink,
+            "--nats-stream",
+            "BILLING",
+            "--nats-entries-subject",
+            "usage.e.{vm_id}",
+            "--nats-batches-subject",
+            "usage.b.{unit}",
+        ],
+    )
+    .await;
+    let mut client = connect(meterd.addr).await;
+    client
+        .emit(emit_req(vm_entry("vm-1", "dup-1")))
+        .await
+        .unwrap();
+    client
+        .emit(emit_req(vm_entry("vm-2", "new-1")))
+        .await
+        .unwrap();
+    let req = SubmitBatchRequest {
+        batches: vec![batch("b-1", "model-a")],
+    };
+    let mut resp = client
+        .submit_batch(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(r) = resp.next().await {
+        assert!(r.unwrap().rejected.is_empty());
+    }
+
+    let spool = spool_dir(&ledger, &target);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(spool_empty(&spool) && stream_len(&js, "BILLING").await >= Some(3)) {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {:?} in the stream\n{}",
+            stream_len(&js, "BILLING").await,
+            meterd.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let msgs = read_stream(&js, "BILLING").await;
+    // Entries and batches are delivered independently: compare unordered.
+    let mut got: Vec<(&str, &str)> = msgs
+        .iter()
+        .map(|m| (m.subject.as_str(), m.id.as_str()))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [
+            ("usage.b.postgresql/0", "b-1"),
+            ("usage.e.vm-1", "dup-1"),
+            ("usage.e.vm-2", "new-1"),
+        ]
+    );
+    assert_eq!(msgs[0].payload, "earlier", "the re-send was stored again");
+}
