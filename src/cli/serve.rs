@@ -69,6 +69,14 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             batches_subject: args.nats_batches_subject.clone(),
         },
     };
+    for spec in args.sinks() {
+        if let SinkSpec::Forward(kind, target) = spec {
+            if kind == "nats" {
+                sink::nats::validate(target, &forward.nats)
+                    .map_err(|e| format!("sink {spec}: {e}"))?;
+            }
+        }
+    }
     Ok(Prepared {
         sinks: BuildConfig { ledger, forward },
         config: server::Config {

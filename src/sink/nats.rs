@@ -62,39 +62,93 @@ pub struct NatsUpstream {
     js: jetstream::Context,
     entries: Template,
     batches: Template,
-    /// Set once the stream is known to exist (only with `create_stream`).
+    /// The stream to get or create (only with `create_stream`).
     stream: Option<Arc<StreamSetup>>,
 }
 
 struct StreamSetup {
     config: stream::Config,
+    /// Set once the stream is known to exist.
     ready: OnceCell<()>,
+}
+
+/// A `nats=` target and the `--nats-*` flags, checked.
+struct Checked {
+    addrs: Vec<ServerAddr>,
+    user_pass: Option<(String, String)>,
+    entries: Template,
+    batches: Template,
+    /// The subjects of a stream to create (only with `create_stream`).
+    stream_subjects: Option<Vec<String>>,
+}
+
+/// Checks a `nats=` target and the `--nats-*` flags without connecting
+/// (for `check-config` and start-up).
+pub fn validate(target: &str, nats: &NatsOptions) -> Result<(), String> {
+    check(target, nats).map(|_| ())
+}
+
+fn check(target: &str, nats: &NatsOptions) -> Result<Checked, String> {
+    let entries = Template::parse(&nats.entries_subject, "--nats-entries-subject")?;
+    let batches = Template::parse(&nats.batches_subject, "--nats-batches-subject")?;
+    let mut addrs = Vec::new();
+    let mut user_pass = None;
+    for url in target.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let addr: ServerAddr = url
+            .parse()
+            .map_err(|e| format!("nats={}: not a NATS URL: {e}", super::redact_url(url)))?;
+        if addr.has_user_pass() && user_pass.is_none() {
+            user_pass = Some((
+                percent_decode(addr.username().unwrap_or_default()),
+                percent_decode(addr.password().unwrap_or_default()),
+            ));
+        }
+        addrs.push(addr);
+    }
+    if addrs.is_empty() {
+        return Err("sink nats needs at least one URL: nats=nats://HOST:PORT".into());
+    }
+    let stream_subjects = if nats.create_stream {
+        if nats.stream.is_empty()
+            || nats
+                .stream
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
+        {
+            return Err(format!(
+                "--nats-stream {:?}: a stream name must be non-empty, without '.', '*', '>', '/', '\\' or whitespace",
+                nats.stream
+            ));
+        }
+        let mut subjects = vec![
+            entries.wildcard("--nats-entries-subject")?,
+            batches.wildcard("--nats-batches-subject")?,
+        ];
+        subjects.dedup();
+        Some(subjects)
+    } else {
+        None
+    };
+    Ok(Checked {
+        addrs,
+        user_pass,
+        entries,
+        batches,
+        stream_subjects,
+    })
 }
 
 impl NatsUpstream {
     /// `target` is one NATS URL or several separated by commas. Returns at
     /// once: the connection is made (and remade) in the background.
     pub async fn connect(target: &str, options: &ForwardOptions) -> Result<NatsUpstream, String> {
-        let nats = &options.nats;
-        let entries = Template::parse(&nats.entries_subject, "--nats-entries-subject")?;
-        let batches = Template::parse(&nats.batches_subject, "--nats-batches-subject")?;
-        let mut addrs = Vec::new();
-        let mut user_pass = None;
-        for url in target.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let addr: ServerAddr = url
-                .parse()
-                .map_err(|e| format!("nats={}: not a NATS URL: {e}", super::redact_url(url)))?;
-            if addr.has_user_pass() && user_pass.is_none() {
-                user_pass = Some((
-                    percent_decode(addr.username().unwrap_or_default()),
-                    percent_decode(addr.password().unwrap_or_default()),
-                ));
-            }
-            addrs.push(addr);
-        }
-        if addrs.is_empty() {
-            return Err("sink nats needs at least one URL: nats=nats://HOST:PORT".into());
-        }
+        let Checked {
+            addrs,
+            user_pass,
+            entries,
+            batches,
+            stream_subjects,
+        } = check(target, &options.nats)?;
         let mut connect = ConnectOptions::new()
             .name("meterd")
             .retry_on_initial_connect()
@@ -126,24 +180,9 @@ impl NatsUpstream {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.timeout);
 
-        let stream = if nats.create_stream {
-            if nats.stream.is_empty()
-                || nats
-                    .stream
-                    .chars()
-                    .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
-            {
-                return Err(format!(
-                    "--nats-stream {:?}: a stream name must be non-empty, without '.', '*', '>', '/', '\\' or whitespace",
-                    nats.stream
-                ));
-            }
-            let mut subjects = vec![
-                entries.wildcard("--nats-entries-subject")?,
-                batches.wildcard("--nats-batches-subject")?,
-            ];
-            subjects.dedup();
-            Some(Arc::new(StreamSetup {
+        let nats = &options.nats;
+        let stream = stream_subjects.map(|subjects| {
+            Arc::new(StreamSetup {
                 config: stream::Config {
                     name: nats.stream.clone(),
                     subjects,
@@ -153,10 +192,8 @@ impl NatsUpstream {
                     ..Default::default()
                 },
                 ready: OnceCell::new(),
-            }))
-        } else {
-            None
-        };
+            })
+        });
         if let Some(setup) = &stream {
             // Create the stream as soon as NATS is reachable, not only at the
             // first record, so that consumers can be set up beforehand.

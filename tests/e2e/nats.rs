@@ -765,3 +765,71 @@ async fn nats_a_message_id_already_in_the_stream_counts_as_delivered_once() {
     );
     assert_eq!(msgs[0].payload, "earlier", "the re-send was stored again");
 }
+
+fn check_config(args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(crate::common::meterd_bin())
+        .arg("check-config")
+        .arg("--ledger")
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("run meterd check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn nats_flags_are_checked_and_shown_without_passwords() {
+    let (ok, out, err) = check_config(&[
+        "--sink",
+        "jsonl,nats=nats://meter:s3cret@127.0.0.1:4222,nats://meter:s3cret@127.0.0.1:4223",
+        "--nats-create-stream",
+        "--nats-replicas",
+        "3",
+        "--nats-duplicate-window",
+        "10m",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(
+        out.contains(
+            "nats=nats://meter:REDACTED@127.0.0.1:4222,nats://meter:REDACTED@127.0.0.1:4223"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("nats-replicas = 3"), "{out}");
+    assert!(out.contains("nats-duplicate-window = \"10m\""), "{out}");
+    assert!(out.contains("nats-create-stream = true"), "{out}");
+
+    let (ok, _, err) = check_config(&[
+        "--sink",
+        "nats=nats://127.0.0.1:4222",
+        "--nats-entries-subject",
+        "metering.{nope}",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("unknown placeholder {nope}"), "{err}");
+
+    let (ok, _, err) = check_config(&[
+        "--sink",
+        "nats=nats://127.0.0.1:4222",
+        "--nats-create-stream",
+        "--nats-batches-subject",
+        "{model_uuid}",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("needs a fixed first token"), "{err}");
+
+    let (ok, _, err) = check_config(&[
+        "--sink",
+        "nats=nats://127.0.0.1:4222",
+        "--nats-replicas",
+        "7",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--nats-replicas"), "{err}");
+}
