@@ -55,6 +55,11 @@ fn start_load(
                         acked.entries.lock().unwrap().insert(vm);
                     }
                     Err(s) if s.code() == Code::Unavailable => break,
+                    // The server was killed with this call in flight: tonic
+                    // reports the reset connection as UNKNOWN "transport error".
+                    Err(s) if s.code() == Code::Unknown && s.message() == "transport error" => {
+                        break
+                    }
                     Err(s) => panic!("emit {vm}: {s:?}"),
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
