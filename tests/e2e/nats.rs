@@ -548,6 +548,11 @@ async fn nats_server_killed_and_restarted_mid_load_gets_everything_once() {
         t.await.expect("load task");
     }
     assert_in_stream_once(&[target], &spool, &acked, &meterd).await;
+    assert!(
+        meterd.log_text().contains("nats: disconnected"),
+        "meterd never saw the outage\n{}",
+        meterd.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
