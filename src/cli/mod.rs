@@ -15,7 +15,7 @@ use crate::ledger::Fsync;
 use crate::record::Limits;
 use crate::server::ListenAddr;
 use crate::sink::forward::ForwardMode;
-use crate::sink::SinkSpec;
+use crate::sink::{SinkSpec, SinkSpecs};
 
 pub mod client;
 mod config;
@@ -87,16 +87,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, env = "METERD_FSYNC_INTERVAL")]
     #[serde(serialize_with = "duration")]
     pub fsync_interval: Duration,
-    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=unix:/path, http=URL, nats=URL, stderr, nop, capture (tests). Repeat to fan out.
+    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=unix:/path, http=URL, nats=URL[,URL...], stderr, nop, capture (tests). Repeat (or separate with commas) to fan out.
     #[arg(
         long = "sink",
         value_name = "SPEC",
         default_value = "jsonl",
-        env = "METERD_SINK",
-        value_delimiter = ','
+        env = "METERD_SINK"
     )]
     #[serde(serialize_with = "display_all")]
-    pub sink: Vec<SinkSpec>,
+    pub sink: Vec<SinkSpecs>,
     /// Forwarding sinks: ack once spooled locally (spool) or only once the upstream acks (pass-through).
     #[arg(
         long,
@@ -134,6 +133,40 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_HTTP_GRACE_PERIOD")]
     #[serde(serialize_with = "duration")]
     pub http_grace_period: Duration,
+    /// nats sink: JetStream stream the records are published to.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "METERING",
+        env = "METERD_NATS_STREAM"
+    )]
+    pub nats_stream: String,
+    /// nats sink: get or create the stream (covering both subject templates) once NATS is reachable.
+    #[arg(long, env = "METERD_NATS_CREATE_STREAM")]
+    pub nats_create_stream: bool,
+    /// nats sink: replicas of a stream created with --nats-create-stream (1 to 5; a cluster needs at least as many JetStream servers).
+    #[arg(long, value_name = "N", default_value_t = 1, env = "METERD_NATS_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+    /// nats sink: duplicate window of a stream created with --nats-create-stream; re-sends (same Nats-Msg-Id) are dropped only within it, so it should cover the longest outage whose re-sends must be deduplicated (a longer window costs JetStream memory).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration, env = "METERD_NATS_DUPLICATE_WINDOW")]
+    #[serde(serialize_with = "duration")]
+    pub nats_duplicate_window: Duration,
+    /// nats sink: subject of entries; {kind}, {vm_id} become subject-safe tokens ('.', '*', '>', whitespace replaced by '_').
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "metering.entries.{kind}",
+        env = "METERD_NATS_ENTRIES_SUBJECT"
+    )]
+    pub nats_entries_subject: String,
+    /// nats sink: subject of batches; {model_uuid}, {unit} become subject-safe tokens.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "metering.batches.{model_uuid}",
+        env = "METERD_NATS_BATCHES_SUBJECT"
+    )]
+    pub nats_batches_subject: String,
     /// How long an entry id or batch uuid is remembered, measured on the record's own time.
     #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_DEDUPE_WINDOW")]
     #[serde(serialize_with = "duration")]
@@ -281,6 +314,13 @@ pub struct EmitArgs {
     /// Give up after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Every `--sink` spec, in order.
+    pub fn sinks(&self) -> impl Iterator<Item = &SinkSpec> {
+        self.sink.iter().flat_map(|s| &s.0)
+    }
 }
 
 /// Parses a byte count: plain bytes (`4294967296`) or with a unit (`4GiB`,

@@ -9,6 +9,7 @@ use crate::record::Limits;
 use crate::server::{self, Auth, Listener, Tls, TlsFiles};
 use crate::sink::forward::ForwardOptions;
 use crate::sink::http::HttpOptions;
+use crate::sink::nats::NatsOptions;
 use crate::sink::{self, fanout::Fanout, BuildConfig, Sink, SinkSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,10 +21,10 @@ struct Prepared {
 }
 
 fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
-    for spec in &args.sink {
+    for spec in args.sinks() {
         if let SinkSpec::Forward(kind, target) = spec {
             match kind.as_str() {
-                "grpc" => {}
+                "grpc" | "nats" => {}
                 "http" => {
                     sink::http::check_url("sink http", target)?;
                 }
@@ -42,11 +43,10 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         _ => true,
     };
     if let Some(http) = args
-        .sink
-        .iter()
+        .sinks()
         .find(|s| matches!(s, SinkSpec::Forward(k, _) if k == "http"))
     {
-        if !args.sink.iter().any(keeps_entries) {
+        if !args.sinks().any(keeps_entries) {
             return Err(format!(
                 "sink {http} takes only batches and no other sink keeps entries: give --http-entries-url URL, or add a sink for them (e.g. --sink jsonl)"
             ));
@@ -90,7 +90,23 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             timeout: args.http_timeout,
             grace_period: args.http_grace_period,
         },
+        nats: NatsOptions {
+            stream: args.nats_stream.clone(),
+            create_stream: args.nats_create_stream,
+            replicas: usize::from(args.nats_replicas),
+            duplicate_window: args.nats_duplicate_window,
+            entries_subject: args.nats_entries_subject.clone(),
+            batches_subject: args.nats_batches_subject.clone(),
+        },
     };
+    for spec in args.sinks() {
+        if let SinkSpec::Forward(kind, target) = spec {
+            if kind == "nats" {
+                sink::nats::validate(target, &forward.nats)
+                    .map_err(|e| format!("sink {spec}: {e}"))?;
+            }
+        }
+    }
     Ok(Prepared {
         sinks: BuildConfig { ledger, forward },
         config: server::Config {
@@ -134,7 +150,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config,
     } = prepare(&args)?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    for spec in &args.sink {
+    for spec in args.sinks() {
         sinks.push(sink::build(spec, &build).await?);
         match spec {
             SinkSpec::Jsonl(dir) => {

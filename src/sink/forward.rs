@@ -82,6 +82,8 @@ pub struct ForwardOptions {
     /// Credential for the upstream (bearer token, NATS token).
     pub token: Option<String>,
     pub http: super::http::HttpOptions,
+    /// Settings of the `nats` sink.
+    pub nats: super::nats::NatsOptions,
 }
 
 impl ForwardOptions {

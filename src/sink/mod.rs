@@ -13,6 +13,7 @@ pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod jsonl;
+pub mod nats;
 pub mod nop;
 pub mod stderr;
 
@@ -205,8 +206,67 @@ impl std::fmt::Display for SinkSpec {
     }
 }
 
-/// `scheme://user:secret@host` becomes `scheme://user:REDACTED@host`.
+/// One `--sink` value: specs separated by commas. A piece that is not a
+/// spec of its own continues the target of a `nats=` spec before it, so that
+/// `nats=nats://a:4222,nats://b:4222,jsonl` is one NATS sink with two
+/// servers and a jsonl sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpecs(pub Vec<SinkSpec>);
+
+impl std::str::FromStr for SinkSpecs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let starts_spec = |p: &str| {
+            let kind = p.split_once('=').map_or(p, |(k, _)| k);
+            matches!(
+                kind,
+                "jsonl" | "stderr" | "nop" | "capture" | "grpc" | "http" | "nats"
+            )
+        };
+        let mut pieces: Vec<String> = Vec::new();
+        for piece in s.split(',') {
+            match pieces.last_mut() {
+                Some(last) if last.starts_with("nats=") && !starts_spec(piece) => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => pieces.push(piece.to_owned()),
+            }
+        }
+        pieces
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()
+            .map(SinkSpecs)
+    }
+}
+
+impl std::fmt::Display for SinkSpecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, spec) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{spec}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://user:secret@host` becomes `scheme://user:REDACTED@host`; in a
+/// comma-separated list of URLs, each one.
 pub(crate) fn redact_url(target: &str) -> String {
+    if target.contains(',') {
+        return target
+            .split(',')
+            .map(redact_one_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one_url(target)
+}
+
+fn redact_one_url(target: &str) -> String {
     let Some((scheme, rest)) = target.split_once("://") else {
         return target.to_owned();
     };
@@ -263,6 +323,11 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
                     &options.http,
                     options.token.as_deref(),
                 )?),
+                "nats" => Arc::new(
+                    nats::NatsUpstream::connect(target, options)
+                        .await
+                        .map_err(|e| format!("sink {spec}: {e}"))?,
+                ),
                 other => return Err(format!("sink {other} is not available in this version")),
             };
             let mut spool = config.ledger.clone();

@@ -227,11 +227,11 @@ fn forwarding_sinks_are_refused_until_implemented() {
         "--ledger",
         &dir.path().display().to_string(),
         "--sink",
-        "nats=nats://127.0.0.1:4222",
+        "http=http://127.0.0.1:4222/metrics",
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("sink nats is not available in this version"),
+        stderr.contains("sink http is not available in this version"),
         "{stderr}"
     );
 }

@@ -9,6 +9,7 @@ mod forward;
 mod grpcurl;
 mod http;
 mod ledger;
+mod nats;
 mod ops;
 mod python;
 mod security;

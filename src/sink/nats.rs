@@ -1,0 +1,537 @@
+//! `nats`: publishes to NATS JetStream. Every record is one message whose
+//! payload is its Go-compatible JSON line (without the newline), on a subject
+//! made from a template (`metering.entries.{kind}`,
+//! `metering.batches.{model_uuid}`), with a `Nats-Msg-Id` header that is the
+//! same on every re-send ([`delivery_id`]), so that the stream's duplicate
+//! window drops re-sends. A record counts as delivered only once its PubAck
+//! arrived; until then it stays in the forwarding spool.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectOptions, ServerAddr};
+use futures_util::future::join_all;
+use tokio::sync::OnceCell;
+
+use super::forward::{
+    delivery_id, ForwardOptions, Upstream, UpstreamError, UpstreamFuture, Verdict,
+};
+use super::{Body, Record};
+
+/// Settings of the `nats` sink (the `--nats-*` flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsOptions {
+    /// The JetStream stream the subjects belong to.
+    pub stream: String,
+    /// Get or create the stream at the first successful connection.
+    pub create_stream: bool,
+    /// Replicas of a stream this sink creates.
+    pub replicas: usize,
+    /// JetStream's duplicate window of a stream this sink creates.
+    pub duplicate_window: Duration,
+    /// Subject template of entries.
+    pub entries_subject: String,
+    /// Subject template of batches.
+    pub batches_subject: String,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            stream: "METERING".into(),
+            create_stream: false,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            entries_subject: "metering.entries.{kind}".into(),
+            batches_subject: "metering.batches.{model_uuid}".into(),
+        }
+    }
+}
+
+/// The placeholders a subject template may use.
+const PLACEHOLDERS: [&str; 4] = ["kind", "vm_id", "model_uuid", "unit"];
+
+/// A JetStream stream reached through a NATS client that connects in the
+/// background and reconnects by itself.
+pub struct NatsUpstream {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    entries: Template,
+    batches: Template,
+    /// The stream to get or create (only with `create_stream`).
+    stream: Option<Arc<StreamSetup>>,
+}
+
+struct StreamSetup {
+    config: stream::Config,
+    /// Set once the stream is known to exist.
+    ready: OnceCell<()>,
+}
+
+/// A `nats=` target and the `--nats-*` flags, checked.
+struct Checked {
+    addrs: Vec<ServerAddr>,
+    user_pass: Option<(String, String)>,
+    entries: Template,
+    batches: Template,
+    /// The subjects of a stream to create (only with `create_stream`).
+    stream_subjects: Option<Vec<String>>,
+}
+
+/// Checks a `nats=` target and the `--nats-*` flags without connecting
+/// (for `check-config` and start-up).
+pub fn validate(target: &str, nats: &NatsOptions) -> Result<(), String> {
+    check(target, nats).map(|_| ())
+}
+
+fn check(target: &str, nats: &NatsOptions) -> Result<Checked, String> {
+    let entries = Template::parse(&nats.entries_subject, "--nats-entries-subject")?;
+    let batches = Template::parse(&nats.batches_subject, "--nats-batches-subject")?;
+    let mut addrs = Vec::new();
+    let mut user_pass = None;
+    for url in target.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let addr: ServerAddr = url
+            .parse()
+            .map_err(|e| format!("nats={}: not a NATS URL: {e}", super::redact_url(url)))?;
+        if addr.has_user_pass() && user_pass.is_none() {
+            user_pass = Some((
+                percent_decode(addr.username().unwrap_or_default()),
+                percent_decode(addr.password().unwrap_or_default()),
+            ));
+        }
+        addrs.push(addr);
+    }
+    if addrs.is_empty() {
+        return Err("sink nats needs at least one URL: nats=nats://HOST:PORT".into());
+    }
+    let stream_subjects = if nats.create_stream {
+        if nats.stream.is_empty()
+            || nats
+                .stream
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
+        {
+            return Err(format!(
+                "--nats-stream {:?}: a stream name must be non-empty, without '.', '*', '>', '/', '\\' or whitespace",
+                nats.stream
+            ));
+        }
+        let mut subjects = vec![
+            entries.wildcard("--nats-entries-subject")?,
+            batches.wildcard("--nats-batches-subject")?,
+        ];
+        subjects.dedup();
+        Some(subjects)
+    } else {
+        None
+    };
+    Ok(Checked {
+        addrs,
+        user_pass,
+        entries,
+        batches,
+        stream_subjects,
+    })
+}
+
+impl NatsUpstream {
+    /// `target` is one NATS URL or several separated by commas. Returns at
+    /// once: the connection is made (and remade) in the background.
+    pub async fn connect(target: &str, options: &ForwardOptions) -> Result<NatsUpstream, String> {
+        let Checked {
+            addrs,
+            user_pass,
+            entries,
+            batches,
+            stream_subjects,
+        } = check(target, &options.nats)?;
+        let mut connect = ConnectOptions::new()
+            .name("meterd")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(options.timeout)
+            .request_timeout(Some(options.timeout))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("nats: connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("nats: disconnected; reconnecting")
+                    }
+                    // Every failed reconnect attempt: the forwarder already
+                    // says when the upstream is unreachable.
+                    async_nats::Event::ClientError(e) => tracing::debug!(error = %e, "nats"),
+                    other => tracing::warn!(event = %other, "nats"),
+                }
+            });
+        if let Some((user, pass)) = user_pass {
+            connect = connect.user_and_password(user, pass);
+        }
+        if let Some(token) = &options.token {
+            connect = connect.token(token.clone());
+        }
+        let client = connect
+            .connect(addrs)
+            .await
+            .map_err(|e| format!("sink nats: {e}"))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.timeout);
+
+        let nats = &options.nats;
+        let stream = stream_subjects.map(|subjects| {
+            Arc::new(StreamSetup {
+                config: stream::Config {
+                    name: nats.stream.clone(),
+                    subjects,
+                    num_replicas: nats.replicas.max(1),
+                    duplicate_window: nats.duplicate_window,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                },
+                ready: OnceCell::new(),
+            })
+        });
+        if let Some(setup) = &stream {
+            // Create the stream as soon as NATS is reachable, not only at the
+            // first record, so that consumers can be set up beforehand.
+            tokio::spawn(create_in_background(
+                Arc::downgrade(setup),
+                js.clone(),
+                options.retry_max,
+            ));
+        }
+        Ok(NatsUpstream {
+            client,
+            js,
+            entries,
+            batches,
+            stream,
+        })
+    }
+
+    fn subject(&self, record: &Record) -> String {
+        match &record.body {
+            Body::Entry(e) => self.entries.render(&|name| match name {
+                "kind" => e.kind.as_str(),
+                "vm_id" => &e.vm_id,
+                _ => "",
+            }),
+            Body::Batch(b) => self.batches.render(&|name| match name {
+                "model_uuid" => &b.model_uuid,
+                "unit" => &b.unit_name,
+                _ => "",
+            }),
+        }
+    }
+}
+
+/// Gets or creates the stream once (concurrent callers wait for one attempt).
+async fn ensure_stream(setup: &StreamSetup, js: &jetstream::Context) -> Result<(), UpstreamError> {
+    setup
+        .ready
+        .get_or_try_init(|| async {
+            let info = js
+                .get_or_create_stream(setup.config.clone())
+                .await
+                .map_err(|e| {
+                    UpstreamError(format!(
+                        "nats: get or create stream {}: {e}",
+                        setup.config.name
+                    ))
+                })?;
+            let config = &info.cached_info().config;
+            if config.num_replicas != setup.config.num_replicas {
+                tracing::warn!(
+                    stream = %config.name,
+                    replicas = config.num_replicas,
+                    wanted = setup.config.num_replicas,
+                    "nats: the stream exists with another replica count; left as it is"
+                );
+            }
+            tracing::info!(stream = %config.name, subjects = ?config.subjects, replicas = config.num_replicas, duplicate_window = ?config.duplicate_window, "nats: stream ready");
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn create_in_background(setup: Weak<StreamSetup>, js: jetstream::Context, max: Duration) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let Some(s) = setup.upgrade() else { return };
+        match ensure_stream(&s, &js).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "nats: stream not ready yet"),
+        }
+        drop(s);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(max.max(Duration::from_millis(100)));
+    }
+}
+
+impl Upstream for NatsUpstream {
+    fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture {
+        let client = self.client.clone();
+        let js = self.js.clone();
+        let stream = self.stream.clone();
+        let messages: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (self.subject(r), delivery_id(r)))
+            .collect();
+        Box::pin(async move {
+            if client.connection_state() != State::Connected {
+                return Err(UpstreamError("nats: not connected".into()));
+            }
+            if let Some(setup) = &stream {
+                ensure_stream(setup, &js).await?;
+            }
+            // Pipelined: every publish goes out before the first ack is awaited.
+            let mut acks = Vec::with_capacity(records.len());
+            for (record, (subject, id)) in records.iter().zip(messages) {
+                let line = record.line.strip_suffix(b"\n").unwrap_or(&record.line);
+                let publish = PublishMessage::build()
+                    .payload(bytes::Bytes::copy_from_slice(line))
+                    .message_id(id);
+                acks.push(js.send_publish(subject, publish).await);
+            }
+            let answers = join_all(acks.into_iter().map(|sent| async move {
+                match sent {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                }
+            }))
+            .await;
+            let mut failed = None;
+            let verdicts: Vec<Verdict> = answers
+                .into_iter()
+                .map(|answer| match answer {
+                    Ok(ack) if ack.duplicate => Verdict::Duplicate,
+                    Ok(_) => Verdict::Acked,
+                    // Too large for this server: it never will fit.
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        Verdict::Rejected(format!("nats: {e}"))
+                    }
+                    Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                        failed.get_or_insert_with(|| {
+                            "nats: no stream answered (missing, or electing a leader)".into()
+                        });
+                        Verdict::Retry
+                    }
+                    Err(e) => {
+                        failed.get_or_insert_with(|| format!("nats: {e}"));
+                        Verdict::Retry
+                    }
+                })
+                .collect();
+            match failed {
+                // Nothing got through: report the call as failed.
+                Some(e) if verdicts.iter().all(|v| *v == Verdict::Retry) => Err(UpstreamError(e)),
+                _ => Ok(verdicts),
+            }
+        })
+    }
+}
+
+/// A subject template: literal text and `{placeholder}`s.
+#[derive(Clone, Debug)]
+struct Template {
+    text: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug)]
+enum Part {
+    Literal(String),
+    Field(&'static str),
+}
+
+impl Template {
+    fn parse(text: &str, flag: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("{flag} {text:?}: unclosed '{{'"))?;
+            let name = &rest[open + 1..open + close];
+            let field = PLACEHOLDERS
+                .iter()
+                .find(|p| **p == name)
+                .ok_or_else(|| {
+                    format!(
+                        "{flag} {text:?}: unknown placeholder {{{name}}} (expected {{kind}}, {{vm_id}}, {{model_uuid}} or {{unit}})"
+                    )
+                })?;
+            parts.push(Part::Field(field));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        if rest.contains('}') {
+            return Err(format!("{flag} {text:?}: unmatched '}}'"));
+        }
+        let template = Template {
+            text: text.to_owned(),
+            parts,
+        };
+        // Every placeholder renders to at least one safe character, so the
+        // subject is valid for any record when this sample is.
+        let sample = template.render(&|_| "x");
+        let valid = !sample.is_empty()
+            && sample
+                .split('.')
+                .all(|t| !t.is_empty() && !t.chars().any(char::is_whitespace))
+            && !sample.split('.').any(|t| t.contains(['*', '>']));
+        if !valid {
+            return Err(format!(
+                "{flag} {text:?}: not a valid publish subject (dot-separated non-empty tokens, no wildcards or whitespace)"
+            ));
+        }
+        Ok(template)
+    }
+
+    fn render<'a>(&self, value: &dyn Fn(&str) -> &'a str) -> String {
+        let mut out = String::with_capacity(self.text.len() + 32);
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Field(name) => push_token(&mut out, value(name)),
+            }
+        }
+        out
+    }
+
+    /// The stream subject covering every subject of this template: its
+    /// literal tokens before the first placeholder, then `>`.
+    fn wildcard(&self, flag: &str) -> Result<String, String> {
+        let fixed = match self.text.find('{') {
+            None => return Ok(self.text.clone()),
+            Some(i) => &self.text[..i],
+        };
+        // Drop the token the placeholder starts in.
+        let prefix = match fixed.rfind('.') {
+            Some(dot) => &fixed[..=dot],
+            None => "",
+        };
+        if prefix.is_empty() {
+            return Err(format!(
+                "{flag} {:?}: --nats-create-stream needs a fixed first token (such as metering.) to derive the stream's subjects",
+                self.text
+            ));
+        }
+        Ok(format!("{prefix}>"))
+    }
+}
+
+/// Appends `value` as a subject-safe token: `.`, `*`, `>` and whitespace
+/// become `_`; an empty value becomes `_`.
+fn push_token(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push('_');
+        return;
+    }
+    out.extend(value.chars().map(|c| {
+        if matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control() {
+            '_'
+        } else {
+            c
+        }
+    }));
+}
+
+/// Decodes `%XX` escapes of URL user info.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_safe_tokens() {
+        let t = Template::parse("metering.entries.{kind}", "f").unwrap();
+        let s = t.render(&|n| if n == "kind" { "vm.compute.start" } else { "" });
+        assert_eq!(s, "metering.entries.vm_compute_start");
+        let t = Template::parse("m.{vm_id}.{unit}", "f").unwrap();
+        assert_eq!(
+            t.render(&|n| if n == "vm_id" { "a b*>" } else { "" }),
+            "m.a_b__._"
+        );
+        assert_eq!(t.wildcard("f").unwrap(), "m.>");
+        assert!(Template::parse("m.{nope}", "f").is_err());
+        assert!(Template::parse("m..{kind}", "f").is_err());
+        assert!(Template::parse("m.*.{kind}", "f").is_err());
+        assert!(Template::parse("{kind}", "f")
+            .unwrap()
+            .wildcard("f")
+            .is_err());
+        assert_eq!(
+            Template::parse("m.x-{kind}", "f")
+                .unwrap()
+                .wildcard("f")
+                .unwrap(),
+            "m.>"
+        );
+        assert_eq!(
+            Template::parse("m.all", "f")
+                .unwrap()
+                .wildcard("f")
+                .unwrap(),
+            "m.all"
+        );
+    }
+
+    #[test]
+    fn a_server_list_is_one_sink_and_every_password_is_redacted() {
+        use crate::sink::{SinkSpec, SinkSpecs};
+        let specs: SinkSpecs = "jsonl,nats=nats://u:p1@a:4222,nats://u:p2@b:4222,stderr"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            specs.0,
+            [
+                SinkSpec::Jsonl(None),
+                SinkSpec::Forward(
+                    "nats".into(),
+                    "nats://u:p1@a:4222,nats://u:p2@b:4222".into()
+                ),
+                SinkSpec::Stderr,
+            ]
+        );
+        let shown = specs.to_string();
+        assert_eq!(
+            shown,
+            "jsonl,nats=nats://u:REDACTED@a:4222,nats://u:REDACTED@b:4222,stderr"
+        );
+        assert!("jsonl,bogus".parse::<SinkSpecs>().is_err());
+        assert!("grpc=127.0.0.1:1,nats://x:1".parse::<SinkSpecs>().is_err());
+    }
+
+    #[test]
+    fn user_info_is_decoded() {
+        assert_eq!(percent_decode("p%40ss%2"), "p@ss%2");
+    }
+}
