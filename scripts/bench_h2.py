@@ -131,6 +131,7 @@ def main():
             "clients": clients,
             "streams_per_client": streams,
             "warmup_req_per_s": round(rate, 1),
+            "warmup_succeeded": warm["succeeded"],
         }
     )
     if a.ledger:
