@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def h2load(url, data, clients, streams, extra, log=None):
@@ -97,6 +98,18 @@ def count_lines_from(path, offset):
             n += chunk.count(b"\n")
 
 
+def settled_size(path, quiet=0.5, limit=10.0):
+    """The file's size once it has not changed for `quiet` seconds."""
+    size = lambda: os.path.getsize(path) if os.path.exists(path) else 0
+    last, since, start = size(), time.monotonic(), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() - start < limit:
+        time.sleep(0.05)
+        now = size()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--addr", required=True, help="HOST:PORT")
@@ -118,7 +131,10 @@ def main():
     rate = warm["succeeded"] / max(warm["elapsed_s"], 1e-3)
     n = max(clients * streams * 4, int(rate * a.duration))
 
-    before = os.path.getsize(a.ledger) if a.ledger and os.path.exists(a.ledger) else 0
+    # The warm-up (-D) ends with up to C calls cut off in flight; meterd still
+    # finishes (and writes) them after h2load is gone, so wait for the ledger to
+    # settle before taking the starting point of the count.
+    before = settled_size(a.ledger) if a.ledger else 0
     log = a.log or tempfile.mktemp(prefix="h2load-", suffix=".log")
     run = h2load(url, a.data, clients, streams, ["-n", str(n)], log=log)
     run.update(percentiles(log))
