@@ -252,6 +252,8 @@ impl Tally {
             "first_error": self.first_error,
             "elapsed_s": elapsed.as_secs_f64(),
             "calls_per_s": l.len() as f64 / elapsed.as_secs_f64(),
+            // Successful calls (emit) or responses (batch) only; failed calls are fast.
+            "ok_per_s": self.ok as f64 / elapsed.as_secs_f64(),
             "p50_ms": Self::percentile_ms(l, 0.50),
             "p99_ms": Self::percentile_ms(l, 0.99),
             "max_ms": Self::percentile_ms(l, 1.0),
