@@ -118,7 +118,7 @@ async fn batches(State(state): State<Arc<CollectorState>>, body: Bytes) -> (Stat
 fn ack(state: &CollectorState, body: &[u8], too_late: bool) -> (StatusCode, String) {
     let mut seen = state.seen.lock().unwrap();
     let sent: Vec<serde_json::Value> =
-        serde_json::from_slice(&body).expect("a JSON array of batches");
+        serde_json::from_slice(body).expect("a JSON array of batches");
     let mut env: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for b in sent {
         let uuid = b["uuid"].as_str().unwrap().to_owned();
