@@ -24,7 +24,12 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
     for spec in args.sinks() {
         if let SinkSpec::Forward(kind, target) = spec {
             match kind.as_str() {
-                "grpc" | "nats" => {}
+                "grpc" => {
+                    target
+                        .parse::<server::ListenAddr>()
+                        .map_err(|e| format!("sink {spec}: {e}"))?;
+                }
+                "nats" => {}
                 "http" => {
                     sink::http::check_url("sink http", target)?;
                 }

@@ -218,22 +218,23 @@ fn bad_flags_fail_with_a_precise_message() {
 }
 
 #[test]
-fn forwarding_sinks_are_refused_until_implemented() {
+fn an_unknown_sink_or_a_forwarding_sink_without_target_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, _, stderr) = meterd(&[
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--ledger",
-        &dir.path().display().to_string(),
-        "--sink",
-        "http=http://127.0.0.1:4222/metrics",
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("sink http is not available in this version"),
-        "{stderr}"
-    );
+    for (sink, want) in [
+        ("kafka=127.0.0.1:9092", "unknown sink \"kafka\""),
+        ("grpc", "sink grpc needs a target"),
+        ("grpc=localhost", "neither HOST:PORT nor unix:/path"),
+    ] {
+        let (ok, _, stderr) = meterd(&[
+            "check-config",
+            "--ledger",
+            &dir.path().display().to_string(),
+            "--sink",
+            sink,
+        ]);
+        assert!(!ok, "{sink} must be refused");
+        assert!(stderr.contains(want), "{sink}: {stderr}");
+    }
 }
 
 #[test]
