@@ -403,12 +403,12 @@ impl Forwarder {
                                 tracing::warn!(sink = %self.name, key = ?record.key, reason = %why, "upstream rejected a record; moved to dead-letter.jsonl");
                                 if let Err(e) = self.spool.dead_letter(record, &why) {
                                     tracing::error!(sink = %self.name, error = %e, "writing the dead-letter file failed");
-                                    retry.push(clone_record(record));
+                                    retry.push(record.clone());
                                     continue;
                                 }
                                 self.done(&m.dead_lettered);
                             }
-                            Verdict::Retry => retry.push(clone_record(record)),
+                            Verdict::Retry => retry.push(record.clone()),
                         }
                     }
                     pending = retry;
@@ -422,7 +422,7 @@ impl Forwarder {
                 Ok(verdicts) => {
                     self.reached(false);
                     tracing::error!(sink = %self.name, sent = batch.len(), answered = verdicts.len(), "upstream answered for a different number of records; retrying");
-                    pending = batch.iter().map(clone_record).collect();
+                    pending = batch.iter().cloned().collect();
                     if !self.pause(stop).await {
                         return false;
                     }
@@ -432,7 +432,7 @@ impl Forwarder {
                         tracing::warn!(sink = %self.name, error = %e, "upstream unreachable; records stay spooled and are retried");
                     }
                     self.reached(false);
-                    pending = batch.iter().map(clone_record).collect();
+                    pending = batch.iter().cloned().collect();
                     if !self.pause(stop).await {
                         return false;
                     }
@@ -480,18 +480,6 @@ impl Forwarder {
             () = tokio::time::sleep(self.backoff.next()) => true,
             () = stop.cancelled() => false,
         }
-    }
-}
-
-fn clone_record(r: &Record) -> Record {
-    Record {
-        key: r.key.clone(),
-        time: r.time,
-        line: r.line.clone(),
-        body: match &r.body {
-            super::Body::Entry(e) => super::Body::Entry(e.clone()),
-            super::Body::Batch(b) => super::Body::Batch(b.clone()),
-        },
     }
 }
 

@@ -19,6 +19,7 @@ pub mod stderr;
 
 /// A validated record, encoded once (Go-compatible JSON line) at the edge so
 /// that every sink writes the same bytes and no sink encodes under a lock.
+#[derive(Clone)]
 pub struct Record {
     /// De-duplication key: the entry `id` or the batch uuid; `None` for an
     /// entry without an id.
@@ -33,7 +34,7 @@ pub struct Record {
 }
 
 /// What a record is.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Body {
     Entry(Entry),
     Batch(MetricBatch),
