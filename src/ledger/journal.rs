@@ -98,7 +98,13 @@ impl Journal {
         if scan.unreadable > 0 {
             tracing::warn!(path = %path.display(), lines = scan.unreadable, "ledger has lines that are not valid records; kept as they are");
         }
-        tracing::debug!(path = %path.display(), lines = scan.lines, keys = index.len(), elapsed = ?started.elapsed(), "ledger scanned");
+        let elapsed = started.elapsed();
+        if elapsed >= std::time::Duration::from_secs(1) {
+            // Worth knowing when a restart is slow: the scan grows with the file.
+            tracing::info!(path = %path.display(), lines = scan.lines, keys = index.len(), ?elapsed, "ledger scanned");
+        } else {
+            tracing::debug!(path = %path.display(), lines = scan.lines, keys = index.len(), ?elapsed, "ledger scanned");
+        }
 
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(Shared {
