@@ -87,21 +87,27 @@ pub struct ForwardOptions {
 }
 
 impl ForwardOptions {
-    /// The spool directory of the sink `kind=target`: one per upstream, named
-    /// after it so that a restart with the same flags finds its backlog.
+    /// The spool directory of the sink `kind=target`.
     pub fn spool_for(&self, kind: &str, target: &str) -> std::path::PathBuf {
-        let safe: String = super::redact_url(target)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.spool_dir.join(format!("{kind}-{safe}"))
+        self.spool_dir.join(spool_name(kind, target))
     }
+}
+
+/// The name of a sink's spool directory: one per upstream, named after it
+/// (passwords redacted) so that a restart with the same flags finds its
+/// backlog.
+pub fn spool_name(kind: &str, target: &str) -> String {
+    let safe: String = super::redact_url(target)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{kind}-{safe}")
 }
 
 /// A sink that forwards to an upstream.

@@ -131,7 +131,10 @@ fn counts(lines: &[String], field: &str) -> HashMap<String, usize> {
 fn spool_dir(sidecar_ledger: &Path, upstream: SocketAddr) -> PathBuf {
     sidecar_ledger
         .join("spool")
-        .join(format!("grpc-127.0.0.1_{}", upstream.port()))
+        .join(meterd::sink::forward::spool_name(
+            "grpc",
+            &upstream.to_string(),
+        ))
 }
 
 fn file_len(path: PathBuf) -> u64 {

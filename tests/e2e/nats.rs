@@ -191,17 +191,9 @@ async fn read_stream(js: &jetstream::Context, stream: &str) -> Vec<Msg> {
 }
 
 fn spool_dir(ledger: &Path, target: &str) -> PathBuf {
-    let safe: String = target
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    ledger.join("spool").join(format!("nats-{safe}"))
+    ledger
+        .join("spool")
+        .join(meterd::sink::forward::spool_name("nats", target))
 }
 
 fn spool_empty(spool: &Path) -> bool {
