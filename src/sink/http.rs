@@ -153,14 +153,19 @@ impl Post {
             .0
             .send()
             .await
-            .map_err(|e| UpstreamError(format!("POST failed: {}", error_chain(&e))))?;
+            // Without the URL: it may hold a password, and the sink's name
+            // (redacted) is on every log line already.
+            .map_err(|e| {
+                UpstreamError(format!("POST failed: {}", error_chain(&e.without_url())))
+            })?;
         let status = resp.status();
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| UpstreamError(format!("reading the answer: {}", error_chain(&e))))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            UpstreamError(format!(
+                "reading the answer: {}",
+                error_chain(&e.without_url())
+            ))
+        })? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(UpstreamError(format!(
                     "answer larger than {MAX_RESPONSE_BYTES} bytes"

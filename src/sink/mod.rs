@@ -257,14 +257,11 @@ impl std::fmt::Display for SinkSpecs {
 /// `scheme://user:secret@host` becomes `scheme://user:REDACTED@host`; in a
 /// comma-separated list of URLs, each one.
 pub(crate) fn redact_url(target: &str) -> String {
-    if target.contains(',') {
-        return target
-            .split(',')
-            .map(redact_one_url)
-            .collect::<Vec<_>>()
-            .join(",");
-    }
-    redact_one_url(target)
+    target
+        .split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn redact_one_url(target: &str) -> String {
