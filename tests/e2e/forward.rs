@@ -592,3 +592,77 @@ async fn pass_through_relays_the_upstreams_rejections() {
         vec!["pt-ok", "pt-ok-2"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_keeps_records_spooled_until_the_right_one_is_given() {
+    let (agg_dir, side_dir, spools) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let tokens = agg_dir.path().with_extension("tokens");
+    std::fs::write(&tokens, "right-token\n").unwrap();
+    let aggregator = Binary::start(
+        agg_dir.path(),
+        &["--auth-token-file", tokens.to_str().unwrap()],
+    )
+    .await;
+    let sink = grpc_sink(aggregator.addr);
+    let wrong = side_dir.path().with_extension("wrong");
+    std::fs::write(&wrong, "wrong-token\n").unwrap();
+    let spool_parent = spools.path().to_str().unwrap();
+    let common = [
+        "--sink",
+        sink.as_str(),
+        "--spool-dir",
+        spool_parent,
+        "--forward-retry-max",
+        "200ms",
+    ];
+
+    let mut args = common.to_vec();
+    args.extend(["--upstream-token-file", wrong.to_str().unwrap()]);
+    let mut sidecar = Binary::start(side_dir.path(), &args).await;
+    let mut client = sidecar.client().await;
+    client
+        .emit(emit_req(vm_entry("tok-vm", "tok-1")))
+        .await
+        .unwrap();
+    // UNAUTHENTICATED is not a verdict on the record: it stays spooled,
+    // it is not dead-lettered.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(entries(agg_dir.path()).is_empty());
+    let spool = spools.path().join(meterd::sink::forward::spool_name(
+        "grpc",
+        &aggregator.addr.to_string(),
+    ));
+    assert!(
+        file_len(spool.join("entries.jsonl")) > 0,
+        "the record left the spool"
+    );
+    assert!(!spool.join("dead-letter.jsonl").exists());
+    assert!(sidecar.log_text().contains("Unauthenticated"));
+    assert!(
+        !sidecar.log_text().contains("wrong-token"),
+        "a credential reached the log"
+    );
+    assert_eq!(sidecar.terminate().code(), Some(0));
+
+    let right = side_dir.path().with_extension("right");
+    std::fs::write(&right, "right-token\n").unwrap();
+    let mut args = common.to_vec();
+    args.extend(["--upstream-token-file", right.to_str().unwrap()]);
+    let _sidecar = Binary::start(side_dir.path(), &args).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while entries(agg_dir.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered with the right token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        crate::common::field_values(&entries(agg_dir.path()), "id"),
+        vec!["tok-1"]
+    );
+}
