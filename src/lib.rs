@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod ledger;
+pub mod log;
 pub mod metrics;
 pub mod pb;
 pub mod record;

@@ -9,6 +9,10 @@ use time::OffsetDateTime;
 
 use crate::pb;
 
+mod encoded;
+
+pub use encoded::{Body, Outcome, Record};
+
 /// A lifecycle endpoint. Downstream pairs `*.start` with `*.stop` by id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

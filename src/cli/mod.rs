@@ -167,10 +167,24 @@ pub struct ServeArgs {
         env = "METERD_NATS_BATCHES_SUBJECT"
     )]
     pub nats_batches_subject: String,
-    /// How long an entry id or batch uuid is remembered, measured on the record's own time.
+    /// How long an entry id or batch uuid is remembered, measured on when meterd received it (made it durable).
     #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration, env = "METERD_DEDUPE_WINDOW")]
     #[serde(serialize_with = "duration")]
     pub dedupe_window: Duration,
+    /// Seal the active ledger file (entries.jsonl, batches.jsonl) into a read-only segment at this size.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size, env = "METERD_SEGMENT_MAX_BYTES")]
+    pub segment_max_bytes: i64,
+    /// Seal the active ledger file once its oldest record is this old.
+    #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = humantime::parse_duration, env = "METERD_SEGMENT_MAX_AGE")]
+    #[serde(serialize_with = "duration")]
+    pub segment_max_age: Duration,
+    /// Delete sealed segments whose newest record was received longer ago than this (0s: keep forever; at least --dedupe-window).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration, env = "METERD_RETENTION")]
+    #[serde(serialize_with = "duration")]
+    pub retention: Duration,
+    /// Delete the oldest sealed segments while a stream is larger than this (0: no limit); never a record inside --dedupe-window.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size, env = "METERD_RETENTION_BYTES")]
+    pub retention_bytes: i64,
     /// How far in the future a timestamp may lie before it is rejected.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, env = "METERD_MAX_CLOCK_SKEW")]
     #[serde(serialize_with = "duration")]

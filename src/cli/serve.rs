@@ -75,7 +75,12 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         fsync: args.fsync,
         fsync_interval: args.fsync_interval,
         dedupe_window: args.dedupe_window,
+        segment_max_bytes: u64::try_from(args.segment_max_bytes).unwrap_or(0),
+        segment_max_age: args.segment_max_age,
+        retention: nonzero(args.retention),
+        retention_bytes: u64::try_from(args.retention_bytes).ok().filter(|b| *b > 0),
     };
+    ledger.check()?;
     let token = match &args.upstream_token_file {
         Some(path) => Some(read_token(path)?),
         None => None,
@@ -154,6 +159,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         sinks: build,
         config,
     } = prepare(&args)?;
+    let shutdown = shutdown_signal();
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     for spec in args.sinks() {
         sinks.push(sink::build(spec, &build).await?);
@@ -201,7 +207,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config.auth.clone(),
         sink.clone(),
     ));
-    let result = server::run(listeners, config, sink, shutdown_signal()).await;
+    let result = server::run(listeners, config, sink, shutdown).await;
     stop_metrics.cancel();
     result
 }
@@ -235,18 +241,24 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when it is first polled, so that a signal that arrives while
+/// the server is still starting is not fatal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

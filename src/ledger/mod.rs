@@ -1,84 +1,97 @@
-//! The append-only JSONL ledger: a directory with `entries.jsonl` and
-//! `batches.jsonl`, each written by one [`Journal`] with group commit, crash
-//! recovery and a dedupe index derived from the file itself.
+//! The ledger: a directory holding two logs, `entries` and `batches` (see
+//! [`crate::log`]), whose active files `entries.jsonl` and `batches.jsonl`
+//! are byte-compatible with the Go package's file backend. This module
+//! knows what the lines are: it tells the log where a line's dedupe key is.
 
+use std::borrow::Cow;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-mod dedupe;
-mod journal;
-mod recover;
+use serde::Deserialize;
 
-pub use journal::{Job, Journal, JournalError};
-pub use recover::{batch_key, entry_key};
+pub use crate::log::{annotate, write_atomically, Fsync};
+use crate::log::{KeyOf, Log, LogConfig, Unreadable};
+use crate::record::Record;
 
-/// File of lifecycle entries, byte-compatible with the Go package's file backend.
+/// Active file of lifecycle entries, byte-compatible with the Go package's file backend.
 pub const ENTRIES_FILE: &str = "entries.jsonl";
-/// File of metric batches, one Go `json.Marshal` of a MetricBatch per line.
+/// Active file of metric batches, one Go `json.Marshal` of a MetricBatch per line.
 pub const BATCHES_FILE: &str = "batches.jsonl";
 /// Held with an exclusive lock while a meterd owns the directory.
 const LOCK_FILE: &str = ".lock";
 
-/// When writes reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fsync {
-    /// Synced before the ack; concurrent writers share one sync (group commit).
-    Always,
-    /// Acked once written; synced every `fsync_interval`.
-    Interval,
-    /// Acked once written; synced only at shutdown.
-    Never,
-}
-
-impl std::fmt::Display for Fsync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Fsync::Always => "always",
-            Fsync::Interval => "interval",
-            Fsync::Never => "never",
-        })
-    }
-}
-
-impl FromStr for Fsync {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "always" => Ok(Fsync::Always),
-            "interval" => Ok(Fsync::Interval),
-            "never" => Ok(Fsync::Never),
-            _ => Err(format!(
-                "unknown fsync policy {s:?} (expected always, interval or never)"
-            )),
-        }
-    }
-}
-
-/// How a ledger is opened.
+/// How a ledger (or a spool) is opened.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
     pub dir: PathBuf,
     pub fsync: Fsync,
     pub fsync_interval: Duration,
-    /// Keys whose record time is within this window of now are remembered.
+    /// Keys received within this window are remembered.
     pub dedupe_window: Duration,
+    /// The active files are sealed into segments at this size...
+    pub segment_max_bytes: u64,
+    /// ...or at this age of their oldest record.
+    pub segment_max_age: Duration,
+    /// Sealed segments older than this are deleted (never inside the window).
+    pub retention: Option<Duration>,
+    /// Oldest sealed segments are deleted while a stream is larger.
+    pub retention_bytes: Option<u64>,
 }
 
-/// The two journals of a ledger directory. Holds the directory lock.
+impl LedgerConfig {
+    /// A ledger in `dir` with the defaults of `meterd serve`.
+    pub fn new(dir: impl Into<PathBuf>) -> LedgerConfig {
+        LedgerConfig {
+            dir: dir.into(),
+            fsync: Fsync::Always,
+            fsync_interval: Duration::from_secs(1),
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(24 * 3600),
+            retention: None,
+            retention_bytes: None,
+        }
+    }
+
+    /// The configuration of one stream's log.
+    pub fn stream(&self, stream: &'static str, key_of: KeyOf) -> LogConfig {
+        LogConfig {
+            dir: self.dir.clone(),
+            stream,
+            fsync: self.fsync,
+            fsync_interval: self.fsync_interval,
+            dedupe_window: self.dedupe_window,
+            segment_max_bytes: self.segment_max_bytes,
+            segment_max_age: self.segment_max_age,
+            retention: self.retention,
+            retention_bytes: self.retention_bytes,
+            key_of,
+        }
+    }
+
+    /// Refuses settings that cannot work (a retention shorter than the window).
+    pub fn check(&self) -> Result<(), String> {
+        self.stream("entries", entry_key).check()
+    }
+}
+
+/// The two logs of a ledger directory. Holds the directory lock.
 pub struct Ledger {
-    pub entries: Journal,
-    pub batches: Journal,
+    pub entries: Log<Record>,
+    pub batches: Log<Record>,
     _lock: File,
 }
 
 impl Ledger {
-    /// Creates the directory (mode 0700) if needed, takes its lock, repairs a
-    /// torn last line in each file and rebuilds the dedupe index. Blocking.
+    /// Creates the directory (mode 0700) if needed, takes its lock and opens
+    /// both logs (recovering them after a crash). Blocking.
     pub fn open(config: &LedgerConfig) -> io::Result<Ledger> {
+        config
+            .check()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -102,46 +115,52 @@ impl Ledger {
             ),
             std::fs::TryLockError::Error(e) => annotate(e, "lock", &lock_path),
         })?;
-        // The two files are repaired and scanned at the same time: on a
-        // large ledger the scan is most of the start-up time.
+        // Both streams are opened at once: after a crash or on the first
+        // start over an older ledger, their scans are most of the start-up.
         let (entries, batches) = std::thread::scope(|s| {
-            let entries = s.spawn(|| Journal::open(config, ENTRIES_FILE, entry_key));
-            let batches = Journal::open(config, BATCHES_FILE, batch_key);
+            let entries = s.spawn(|| Log::open(config.stream("entries", entry_key)));
+            let batches = Log::open(config.stream("batches", batch_key));
             (entries.join(), batches)
         });
-        let entries =
-            entries.map_err(|_| io::Error::other("scanning entries.jsonl panicked"))??;
-        let batches = batches?;
+        let entries = entries.map_err(|_| io::Error::other("opening entries panicked"))??;
         Ok(Ledger {
             entries,
-            batches,
+            batches: batches?,
             _lock: lock,
         })
     }
 }
 
-/// Replaces `path` with `data` so that a crash leaves either the old or the
-/// new content: write a temporary file, sync it, rename it over, sync the
-/// directory.
-pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| annotate(e, "create", &tmp))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).map_err(|e| annotate(e, "rename", path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+#[derive(Deserialize)]
+struct EntryKey<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    emitted_at: Cow<'a, str>,
 }
 
-pub fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+#[derive(Deserialize)]
+struct BatchKey<'a> {
+    #[serde(borrow)]
+    uuid: Cow<'a, str>,
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    created: Cow<'a, str>,
+}
+
+/// The `id` of an entry line (`None` when it has none); `Err` when the line
+/// is not an entry.
+pub fn entry_key(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
+    let k: EntryKey = serde_json::from_slice(line).map_err(|_| Unreadable)?;
+    Ok(k.id.filter(|id| !id.is_empty()))
+}
+
+/// The `uuid` of a batch line; `Err` when the line is not a batch.
+pub fn batch_key(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
+    let k: BatchKey = serde_json::from_slice(line).map_err(|_| Unreadable)?;
+    Ok(Some(k.uuid))
 }

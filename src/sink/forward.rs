@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::task::JoinHandle;
@@ -17,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::jsonl::JsonlSink;
 use super::{Outcome, Record, Sink, SinkError, SinkFuture};
 use crate::ledger::LedgerConfig;
+use crate::log::LogReader;
 use crate::metrics::{metrics, ForwardLabels};
-use crate::spool::{Spool, Stream};
+use crate::spool::{Spool, Stream, Window};
 
 /// The upstream's answer for one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +123,10 @@ struct Spooled {
     spool: Arc<Spool>,
     writer: JsonlSink,
     max_bytes: u64,
+    /// Per stream, the log bytes before the first undelivered record (the
+    /// origin of [`crate::log::Log::bytes_end`]): what the spool may
+    /// count against `--spool-max-bytes` is only what lies beyond.
+    delivered: [Arc<AtomicU64>; 2],
     stop: CancellationToken,
     forwarders: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -146,13 +152,18 @@ impl ForwardSink {
         let spool = Arc::new(spool);
         let stop = CancellationToken::new();
         let mut forwarders = Vec::new();
-        for stream in [Stream::Entries, Stream::Batches] {
+        let delivered = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        for (stream, delivered) in [Stream::Entries, Stream::Batches]
+            .into_iter()
+            .zip(&delivered)
+        {
             let f = Forwarder::start(
                 &name,
                 stream,
                 spool.clone(),
                 upstream.clone(),
                 options.retry_max,
+                delivered.clone(),
             )
             .await?;
             forwarders.push(tokio::spawn(f.run(stop.clone())));
@@ -164,6 +175,7 @@ impl ForwardSink {
                 writer: JsonlSink::from_ledger(spool.ledger.clone()),
                 spool,
                 max_bytes: options.max_spool_bytes,
+                delivered,
                 stop,
                 forwarders: Mutex::new(forwarders),
             }),
@@ -210,7 +222,16 @@ impl Sink for ForwardSink {
                     .collect()
             });
         };
-        let spooled = s.spool.ledger.entries.durable_len() + s.spool.ledger.batches.durable_len();
+        let spooled: u64 = [Stream::Entries, Stream::Batches]
+            .into_iter()
+            .zip(&s.delivered)
+            .map(|(stream, d)| {
+                s.spool
+                    .log(stream)
+                    .bytes_end()
+                    .saturating_sub(d.load(Ordering::Acquire))
+            })
+            .sum();
         if spooled >= s.max_bytes {
             let msg = format!(
                 "{}: spool full ({spooled} bytes, --spool-max-bytes {}); the upstream is not keeping up",
@@ -262,13 +283,17 @@ impl Sink for ForwardSink {
     }
 }
 
-/// Delivers one spool file, in order, from its cursor.
+/// Delivers one spool stream, in order, from its cursor.
 struct Forwarder {
     name: String,
     stream: Stream,
     spool: Arc<Spool>,
     upstream: Arc<dyn Upstream>,
+    /// Where the next window is read; `None` while a blocking read has it.
+    reader: Option<LogReader>,
+    /// The last position with a final answer (stored in the cursor file).
     cursor: u64,
+    delivered: Arc<AtomicU64>,
     backoff: Backoff,
     labels: ForwardLabels,
     /// Whether the last attempt reached the upstream; logs say only when this flips.
@@ -284,18 +309,29 @@ impl Forwarder {
         spool: Arc<Spool>,
         upstream: Arc<dyn Upstream>,
         retry_max: Duration,
+        delivered: Arc<AtomicU64>,
     ) -> std::io::Result<Forwarder> {
         let s = spool.clone();
-        let (cursor, backlog) = tokio::task::spawn_blocking(move || {
+        let (cursor, reader) = tokio::task::spawn_blocking(move || {
             let cursor = s.load_cursor(stream)?;
-            Ok::<_, std::io::Error>((cursor, s.count_lines(stream, cursor)?))
+            let mut reader = s
+                .log(stream)
+                .reader(cursor)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let bytes = reader
+                .locate_now()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok::<_, std::io::Error>((cursor, (reader, bytes)))
         })
         .await
         .map_err(std::io::Error::other)??;
+        let (reader, bytes) = reader;
+        delivered.store(bytes, Ordering::Release);
         let labels = ForwardLabels {
             sink: name.to_owned(),
             stream: stream.name(),
         };
+        let backlog = spool.log(stream).end().saturating_sub(cursor);
         metrics()
             .backlog_records
             .get_or_create(&labels)
@@ -313,7 +349,9 @@ impl Forwarder {
             stream,
             spool,
             upstream,
+            reader: Some(reader),
             cursor,
+            delivered,
             backoff: Backoff::new(retry_max),
             labels,
             up: true,
@@ -321,35 +359,61 @@ impl Forwarder {
     }
 
     async fn run(mut self, stop: CancellationToken) {
+        let mut appended = self.spool.log(self.stream).subscribe();
         while !stop.is_cancelled() {
-            let journal = self.spool.journal(self.stream);
-            let len = journal.durable_len();
-            self.publish_backlog(len);
-            if self.cursor < len {
-                if !self.deliver_window(&stop).await {
-                    return; // stopping: the rest stays spooled
-                }
-            } else if len > 0 {
-                let cursor_path = self.spool.cursor_path(self.stream);
-                match journal.compact(self.cursor, cursor_path).await {
-                    Ok(true) => self.cursor = 0,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(sink = %self.name, error = %e, "spool compaction failed")
-                    }
-                }
-            } else {
+            appended.mark_unchanged();
+            let Some(window) = self.read_window(&stop).await else {
+                return; // stopping: the rest stays spooled
+            };
+            self.publish_backlog();
+            if window.last.is_none() {
                 tokio::select! {
-                    () = journal.appended() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    changed = appended.changed() => if changed.is_err() { return },
                     () = stop.cancelled() => return,
                 }
+                continue;
+            }
+            if !self.deliver_window(window, &stop).await {
+                return;
             }
         }
     }
 
-    fn publish_backlog(&self, len: u64) {
-        let bytes = len.saturating_sub(self.cursor);
+    /// Reads the next window off the async executor; retries a failed read
+    /// after a pause. `None` when stopped.
+    async fn read_window(&mut self, stop: &CancellationToken) -> Option<Window> {
+        loop {
+            let mut reader = self.reader.take()?;
+            let (spool, stream) = (self.spool.clone(), self.stream);
+            let read = tokio::task::spawn_blocking(move || {
+                let window = spool.read(stream, &mut reader);
+                (reader, window)
+            })
+            .await;
+            match read {
+                Ok((reader, result)) => {
+                    self.reader = Some(reader);
+                    match result {
+                        Ok(w) => return Some(w),
+                        Err(e) => {
+                            tracing::error!(sink = %self.name, error = %e, "reading the spool failed")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.name, error = %e, "spool reader failed");
+                    return None;
+                }
+            }
+            if !self.pause(stop).await {
+                return None;
+            }
+        }
+    }
+
+    fn publish_backlog(&self) {
+        let end = self.spool.log(self.stream).bytes_end();
+        let bytes = end.saturating_sub(self.delivered.load(Ordering::Acquire));
         metrics()
             .backlog_bytes
             .get_or_create(&self.labels)
@@ -362,21 +426,10 @@ impl Forwarder {
         }
     }
 
-    /// Reads one window and delivers it until every record has a final
-    /// answer, then moves the cursor past it. Returns false when stopped.
-    async fn deliver_window(&mut self, stop: &CancellationToken) -> bool {
-        let (spool, stream, from) = (self.spool.clone(), self.stream, self.cursor);
-        let window = match tokio::task::spawn_blocking(move || spool.read(stream, from)).await {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
-                tracing::error!(sink = %self.name, error = %e, "reading the spool failed");
-                return self.pause(stop).await;
-            }
-            Err(e) => {
-                tracing::error!(sink = %self.name, error = %e, "spool reader failed");
-                return self.pause(stop).await;
-            }
-        };
+    /// Delivers one window until every record has a final answer, then
+    /// moves the cursor past it and releases what it delivered. Returns
+    /// false when stopped.
+    async fn deliver_window(&mut self, window: Window, stop: &CancellationToken) -> bool {
         let m = metrics();
         if window.quarantined > 0 {
             m.quarantined
@@ -386,16 +439,14 @@ impl Forwarder {
                 .get_or_create(&self.labels)
                 .dec_by(i64::try_from(window.quarantined).unwrap_or(0));
         }
-        if let Some(first) = window.records.first() {
-            let age = (time::OffsetDateTime::now_utc() - first.time)
-                .whole_seconds()
-                .max(0);
+        if let Some(received) = window.oldest_received {
+            let age = (crate::log::now_nanos().saturating_sub(received)) / 1_000_000_000;
             m.oldest_pending_seconds
                 .get_or_create(&self.labels)
-                .set(age);
+                .set(age.max(0));
         }
-
-        let mut pending: Vec<Record> = window.records;
+        let last = window.last;
+        let mut pending: Vec<Record> = window.records.into_iter().map(|(_, r)| r).collect();
         while !pending.is_empty() {
             let batch: Arc<[Record]> = pending.into();
             match self.upstream.deliver(batch.clone()).await {
@@ -407,7 +458,13 @@ impl Forwarder {
                             Verdict::Acked | Verdict::Duplicate => self.done(&m.delivered),
                             Verdict::Rejected(why) => {
                                 tracing::warn!(sink = %self.name, key = ?record.key, reason = %why, "upstream rejected a record; moved to dead-letter.jsonl");
-                                if let Err(e) = self.spool.dead_letter(record, &why) {
+                                let (spool, r, w) =
+                                    (self.spool.clone(), record.clone(), why.clone());
+                                let written =
+                                    tokio::task::spawn_blocking(move || spool.dead_letter(&r, &w))
+                                        .await
+                                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                                if let Err(e) = written {
                                     tracing::error!(sink = %self.name, error = %e, "writing the dead-letter file failed");
                                     retry.push(record.clone());
                                     continue;
@@ -445,10 +502,20 @@ impl Forwarder {
                 }
             }
         }
-        self.cursor = window.end;
+        let Some(last) = last else { return true };
+        self.cursor = last;
+        if let Some(bytes) = self.reader.as_ref().and_then(|r| r.bytes_before()) {
+            self.delivered.store(bytes, Ordering::Release);
+        }
         let (spool, stream, cursor) = (self.spool.clone(), self.stream, self.cursor);
         match tokio::task::spawn_blocking(move || spool.store_cursor(stream, cursor)).await {
-            Ok(Ok(())) => {}
+            // Stored before anything is released: a crash never leaves a
+            // cursor pointing before a deleted segment's records.
+            Ok(Ok(())) => {
+                if let Err(e) = self.spool.log(self.stream).release(cursor).await {
+                    tracing::warn!(sink = %self.name, error = %e, "deleting delivered spool segments failed; retried after the next window");
+                }
+            }
             // The records were delivered; a stale cursor only means they may
             // be delivered again after a restart (the upstream dedupes).
             Ok(Err(e)) => {

@@ -1,14 +1,16 @@
-//! `jsonl`: the embedded default, the append-only ledger directory.
+//! `jsonl`: the embedded default, the ledger directory.
 
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{Body, Outcome, Record, Sink, SinkError, SinkFuture};
-use crate::ledger::{Job, Journal, JournalError, Ledger, LedgerConfig};
+use super::{Outcome, Record, Sink, SinkError, SinkFuture};
+use crate::ledger::{Ledger, LedgerConfig};
+use crate::log::{Append, Appended, Log, LogError};
 
-/// Writes entries to `entries.jsonl` and batches to `batches.jsonl`; acks
-/// once durable per the fsync policy; de-duplicates by entry id and batch uuid.
+/// Writes entries to the `entries` log and batches to the `batches` log;
+/// acks once durable per the fsync policy; de-duplicates by entry id and
+/// batch uuid within the window.
 pub struct JsonlSink {
     ledger: Arc<Ledger>,
 }
@@ -29,6 +31,10 @@ impl JsonlSink {
     pub fn from_ledger(ledger: Arc<Ledger>) -> JsonlSink {
         JsonlSink { ledger }
     }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
 }
 
 impl Sink for JsonlSink {
@@ -38,15 +44,15 @@ impl Sink for JsonlSink {
 
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
         let (entries, batches): (Vec<usize>, Vec<usize>) =
-            (0..records.len()).partition(|&i| matches!(records[i].body, Body::Entry(_)));
+            (0..records.len()).partition(|&i| records[i].is_entry());
         // Queue both now, so the files keep the order of the calls.
         let mut waits = Vec::with_capacity(2);
-        for (journal, select) in [
+        for (log, select) in [
             (&self.ledger.entries, entries),
             (&self.ledger.batches, batches),
         ] {
             if !select.is_empty() {
-                waits.push(queue(journal, records.clone(), select));
+                waits.push(queue(log, records.clone(), select));
             }
         }
         let len = records.len();
@@ -59,17 +65,23 @@ impl Sink for JsonlSink {
                     .map_err(|_| SinkError::Unavailable("ledger writer stopped".into()))?
                     .map_err(unavailable)?;
                 for (i, o) in select.into_iter().zip(outcomes) {
-                    merged[i] = o;
+                    merged[i] = match o {
+                        Appended::Written(_) => Outcome::Written,
+                        Appended::Duplicate => Outcome::Duplicate,
+                    };
                 }
             }
             Ok(merged)
         })
     }
 
+    /// SIGHUP: seals both active files now (meterd rotates its own files;
+    /// this is for an operator who wants a segment boundary, e.g. before a
+    /// backup).
     fn reopen(&self) -> SinkFuture<()> {
         let ledger = self.ledger.clone();
         Box::pin(async move {
-            let (a, b) = tokio::join!(ledger.entries.reopen(), ledger.batches.reopen());
+            let (a, b) = tokio::join!(ledger.entries.seal(), ledger.batches.seal());
             a.and(b).map_err(unavailable)
         })
     }
@@ -83,26 +95,25 @@ impl Sink for JsonlSink {
     }
 }
 
-type Reply = oneshot::Receiver<Result<Vec<Outcome>, JournalError>>;
+type Reply = oneshot::Receiver<Result<Vec<Appended>, LogError>>;
 
 /// Queues the selected records; returns the selection (for merging) and the
 /// reply to wait for.
 fn queue(
-    journal: &Journal,
+    log: &Log<Record>,
     records: Arc<[Record]>,
     select: Vec<usize>,
 ) -> Result<(Vec<usize>, Reply), SinkError> {
     let (reply, done) = oneshot::channel();
-    journal
-        .write(Job {
-            records,
-            select: select.clone(),
-            reply,
-        })
-        .map_err(unavailable)?;
+    log.append(Append {
+        records,
+        select: select.clone(),
+        reply,
+    })
+    .map_err(unavailable)?;
     Ok((select, done))
 }
 
-fn unavailable(e: JournalError) -> SinkError {
+fn unavailable(e: LogError) -> SinkError {
     SinkError::Unavailable(e.0)
 }

@@ -5,8 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::record::{Entry, MetricBatch};
-
 pub mod capture;
 pub mod fanout;
 pub mod forward;
@@ -17,50 +15,7 @@ pub mod nats;
 pub mod nop;
 pub mod stderr;
 
-/// A validated record, encoded once (Go-compatible JSON line) at the edge so
-/// that every sink writes the same bytes and no sink encodes under a lock.
-#[derive(Clone)]
-pub struct Record {
-    /// De-duplication key: the entry `id` or the batch uuid; `None` for an
-    /// entry without an id.
-    pub key: Option<Box<str>>,
-    /// The record's own time (emitted_at or created), which places it in the
-    /// dedupe window.
-    pub time: time::OffsetDateTime,
-    /// The JSONL line, including its trailing newline.
-    pub line: Vec<u8>,
-    /// The record itself, for sinks that forward structured data.
-    pub body: Body,
-}
-
-/// What a record is.
-#[derive(Clone, Debug)]
-pub enum Body {
-    Entry(Entry),
-    Batch(MetricBatch),
-}
-
-impl std::fmt::Debug for Record {
-    // The line is left out: it holds batch credentials in base64.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record")
-            .field("key", &self.key)
-            .field("body", &self.body)
-            .finish()
-    }
-}
-
-/// What became of one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Newly recorded.
-    Written,
-    /// Already recorded earlier (same key within the dedupe window); not written again.
-    Duplicate,
-    /// Refused for good by an upstream that acks for the client
-    /// (pass-through forwarding), with its reason.
-    Rejected(Arc<str>),
-}
+pub use crate::record::{Body, Outcome, Record};
 
 /// Why a sink could not take records. Nothing in the failed call counts as
 /// recorded; the caller may retry.
@@ -127,34 +82,6 @@ pub struct Relay {
 /// Every outcome `Written`: for sinks that do not de-duplicate.
 pub(crate) fn all_written(records: &[Record]) -> Vec<Outcome> {
     vec![Outcome::Written; records.len()]
-}
-
-// === impl Record ===
-
-impl Record {
-    /// Encodes a validated entry once, for every sink.
-    pub fn entry(entry: Entry) -> Record {
-        let mut line = Vec::with_capacity(256);
-        crate::wire::entry_line(&entry, &mut line);
-        Record {
-            key: (!entry.id.is_empty()).then(|| entry.id.as_str().into()),
-            time: entry.emitted_at,
-            line,
-            body: Body::Entry(entry),
-        }
-    }
-
-    /// Encodes a validated batch once, for every sink.
-    pub fn batch(batch: MetricBatch) -> Record {
-        let mut line = Vec::with_capacity(512 + 128 * batch.metrics.len());
-        crate::wire::batch_line(&batch, &mut line);
-        Record {
-            key: Some(batch.uuid.as_str().into()),
-            time: batch.created,
-            line,
-            body: Body::Batch(batch),
-        }
-    }
 }
 
 /// Which sink, from a `--sink KIND[=TARGET]` spec.

@@ -1,30 +1,34 @@
 //! The durable spool under a forwarding sink: records wait here, on disk,
 //! until the upstream acknowledges them.
 //!
-//! A spool is a ledger directory of its own (`<ledger>/spool/<sink>/`, with
-//! the same group commit, crash recovery and dedupe index) plus, per file, a
-//! cursor: the byte offset up to which everything has been delivered. A
-//! record leaves the spool only when the cursor passes it, and the cursor
-//! moves only on a positive upstream answer (an ack, or a permanent
-//! rejection, which goes to `dead-letter.jsonl`). Once everything is
-//! delivered the file is emptied. Memory stays bounded: the forwarder reads
-//! one window at a time from disk.
+//! A spool is a ledger directory of its own (`<spool-dir>/<sink>/`: the same
+//! log, group commit, crash recovery and dedupe index) plus, per stream, a
+//! cursor: the last position delivered, stored through a synced rename. The
+//! cursor moves only on a final upstream answer (an ack, or a permanent
+//! rejection, which goes to `dead-letter.jsonl`); sealed segments whose
+//! records are all delivered are deleted. Reading is by whole line, so any
+//! record the spool accepted is forwarded whole, and memory stays bounded:
+//! the forwarder reads one window at a time from disk.
 
 use std::fs::OpenOptions;
-use std::io::{self, Read, Seek, SeekFrom, Write as _};
+use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::ledger::{annotate, write_atomically, Journal, Ledger, LedgerConfig};
-use crate::sink::Record;
+use crate::ledger::{annotate, write_atomically, Ledger, LedgerConfig};
+use crate::log::{Log, LogLine, LogReader, ReadError};
+use crate::record::Record;
 use crate::wire::{decode_batch, decode_entry};
 
-/// Most bytes read from a spool file at once.
-pub const WINDOW_BYTES: u64 = 1 << 20;
-/// Most records delivered upstream in one call.
+/// Most bytes read for one window (a longer record still comes whole).
+pub const WINDOW_BYTES: usize = 1 << 20;
+/// Most records delivered upstream in one window.
 pub const WINDOW_RECORDS: usize = 256;
+/// Spool segments are small, so that delivered records leave the disk soon.
+pub const SEGMENT_BYTES: u64 = 4 << 20;
 
-/// Which of a spool's two files.
+/// Which of a spool's two streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     Entries,
@@ -40,33 +44,40 @@ impl Stream {
     }
 }
 
-/// A spool directory: the journals and their cursors.
+/// A spool directory: the logs and their cursors.
 pub struct Spool {
     pub dir: PathBuf,
-    pub ledger: std::sync::Arc<Ledger>,
+    pub ledger: Arc<Ledger>,
 }
 
-/// Records read from a spool file, ready to deliver.
+/// Records read from a spool, ready to deliver.
 pub struct Window {
-    /// Records in file order.
-    pub records: Vec<Record>,
-    /// Byte offset just past the last line read.
-    pub end: u64,
-    /// Lines that could not be read; they were moved to quarantine.
+    /// `(position, record)` in log order.
+    pub records: Vec<(u64, Record)>,
+    /// The last position read (delivered once every record has an answer).
+    pub last: Option<u64>,
+    /// Receive time of the oldest record, unix nanoseconds.
+    pub oldest_received: Option<i64>,
+    /// Lines that could not be decoded; they were moved to quarantine.
     pub quarantined: u64,
 }
 
 impl Spool {
     /// Opens (creating) a spool directory. Blocking.
     pub fn open(config: &LedgerConfig) -> io::Result<Spool> {
-        let ledger = Ledger::open(config)?;
+        let mut config = config.clone();
+        config.segment_max_bytes = config.segment_max_bytes.min(SEGMENT_BYTES);
+        // A spool keeps what is not delivered, whatever its age.
+        config.retention = None;
+        config.retention_bytes = None;
+        let ledger = Ledger::open(&config)?;
         Ok(Spool {
             dir: config.dir.clone(),
-            ledger: std::sync::Arc::new(ledger),
+            ledger: Arc::new(ledger),
         })
     }
 
-    pub fn journal(&self, stream: Stream) -> &Journal {
+    pub fn log(&self, stream: Stream) -> &Log<Record> {
         match stream {
             Stream::Entries => &self.ledger.entries,
             Stream::Batches => &self.ledger.batches,
@@ -77,9 +88,7 @@ impl Spool {
         self.dir.join(format!("{}.cursor", stream.name()))
     }
 
-    /// The delivered-through offset; 0 when none was stored. An offset past
-    /// the end of the file can only be left by a crash during compaction,
-    /// after the file was emptied: then it is 0.
+    /// The last delivered position; 0 when none was stored. Blocking.
     pub fn load_cursor(&self, stream: Stream) -> io::Result<u64> {
         let path = self.cursor_path(stream);
         let stored = match std::fs::read_to_string(&path) {
@@ -92,79 +101,52 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(annotate(e, "read", &path)),
         };
-        let len = self.journal(stream).durable_len();
-        Ok(if stored > len { 0 } else { stored })
-    }
-
-    /// Complete lines in `[from, durable_len)`: the backlog. Blocking.
-    pub fn count_lines(&self, stream: Stream, from: u64) -> io::Result<u64> {
-        let journal = self.journal(stream);
-        let mut f =
-            std::fs::File::open(journal.path()).map_err(|e| annotate(e, "open", journal.path()))?;
-        f.seek(SeekFrom::Start(from))?;
-        let mut left = journal.durable_len().saturating_sub(from);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut lines = 0;
-        while left > 0 {
-            let n = f.read(&mut buf[..usize::try_from(left.min(64 * 1024)).unwrap_or(0)])?;
-            if n == 0 {
-                break;
-            }
-            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-            left -= n as u64;
+        let log = self.log(stream);
+        if stored > log.end() {
+            // Only possible if the spool's files were removed by hand:
+            // deliver all that is there again rather than skip a record.
+            tracing::warn!(spool = %self.dir.display(), stream = stream.name(), cursor = stored, end = log.end(), "spool cursor is past the end of its log; delivering from the start");
+            return Ok(0);
         }
-        Ok(lines)
+        Ok(stored.max(log.first().saturating_sub(1)))
     }
 
-    pub fn store_cursor(&self, stream: Stream, offset: u64) -> io::Result<()> {
-        write_atomically(&self.cursor_path(stream), format!("{offset}\n").as_bytes())
+    /// Stores the last delivered position. Blocking.
+    pub fn store_cursor(&self, stream: Stream, position: u64) -> io::Result<()> {
+        write_atomically(
+            &self.cursor_path(stream),
+            format!("{position}\n").as_bytes(),
+        )
     }
 
-    /// Reads up to a window of whole lines starting at `from`. Lines that do
-    /// not decode are appended to `quarantine.jsonl` and skipped. Blocking.
-    pub fn read(&self, stream: Stream, from: u64) -> io::Result<Window> {
-        let journal = self.journal(stream);
-        let len = journal.durable_len();
-        let want = (len.saturating_sub(from)).min(WINDOW_BYTES);
-        let mut buf = vec![0u8; usize::try_from(want).unwrap_or(0)];
-        if want > 0 {
-            let mut f = std::fs::File::open(journal.path())
-                .map_err(|e| annotate(e, "open", journal.path()))?;
-            f.seek(SeekFrom::Start(from))?;
-            f.read_exact(&mut buf)?;
-        }
+    /// Reads the next window at `reader`. Lines that do not decode are
+    /// appended to `quarantine.jsonl` and skipped. Blocking.
+    pub fn read(&self, stream: Stream, reader: &mut LogReader) -> io::Result<Window> {
+        let lines = reader
+            .read(WINDOW_RECORDS, WINDOW_BYTES)
+            .map_err(|e| match e {
+                ReadError::Io(e) => e,
+                e @ ReadError::Pruned { .. } => io::Error::other(e.to_string()),
+            })?;
         let mut window = Window {
-            records: Vec::new(),
-            end: from,
+            records: Vec::with_capacity(lines.len()),
+            last: lines.last().map(|l| l.position),
+            oldest_received: lines.first().map(|l| l.received),
             quarantined: 0,
         };
-        let mut offset = 0usize;
-        while window.records.len() < WINDOW_RECORDS {
-            let Some(nl) = buf[offset..].iter().position(|&b| b == b'\n') else {
-                if offset == 0 && !buf.is_empty() && want == WINDOW_BYTES {
-                    // A single line longer than the window: it cannot be a
-                    // record meterd wrote within its limits.
-                    self.quarantine(stream, &buf, "line longer than the spool window")?;
-                    window.quarantined += 1;
-                    offset = buf.len();
-                }
-                break;
-            };
-            let line = &buf[offset..offset + nl + 1];
+        for LogLine { position, line, .. } in lines {
             let decoded = match stream {
-                Stream::Entries => decode_entry(line).map(Record::entry),
-                Stream::Batches => decode_batch(line).map(Record::batch),
+                Stream::Entries => decode_entry(&line).map(Record::entry),
+                Stream::Batches => decode_batch(&line).map(Record::batch),
             };
             match decoded {
-                Ok(r) => window.records.push(r),
+                Ok(r) => window.records.push((position, r)),
                 Err(e) => {
-                    self.quarantine(stream, line, &e.to_string())?;
+                    self.quarantine(stream, &line, &e.to_string())?;
                     window.quarantined += 1;
                 }
             }
-            offset += nl + 1;
         }
-        window.end = from + offset as u64;
         Ok(window)
     }
 
@@ -184,7 +166,7 @@ impl Spool {
         append_synced(&self.dir.join("quarantine.jsonl"), &out)
     }
 
-    /// Records a record the upstream refused for good, with its reason.
+    /// Records a record the upstream refused for good, with its reason. Blocking.
     pub fn dead_letter(&self, record: &Record, why: &str) -> io::Result<()> {
         let mut out = Vec::with_capacity(record.line.len() + 64);
         out.extend_from_slice(b"{\"reason\":");

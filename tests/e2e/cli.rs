@@ -251,7 +251,7 @@ fn health_of_an_absent_server_fails() {
 }
 
 #[tokio::test]
-async fn sighup_reopens_the_ledger_after_rotation() {
+async fn sighup_seals_the_active_files_into_segments() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::start(dir.path(), &[]).await;
     let mut client = server.client().await;
@@ -259,44 +259,32 @@ async fn sighup_reopens_the_ledger_after_rotation() {
         .emit(emit_req(vm_entry("vm-1", "before")))
         .await
         .unwrap();
-    let live = dir.path().join(meterd::ledger::ENTRIES_FILE);
-    let rotated = dir.path().join("entries.jsonl.1");
-    std::fs::rename(&live, &rotated).unwrap();
+    let sealed = dir.path().join("entries.00000000000000000001.jsonl");
     Command::new("kill")
         .args(["-HUP", &server.child.id().to_string()])
         .status()
         .unwrap();
-    // Until the reopen happens, writes still land in the renamed file; keep
-    // emitting fresh ids until one reaches the new file.
-    let mut reopened = false;
-    let mut written = 1;
-    for i in 0..200 {
-        written += 1;
-        client
-            .emit(emit_req(vm_entry("vm-1", &format!("after-{i}"))))
-            .await
-            .unwrap();
-        if live.exists() {
-            reopened = true;
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sealed.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment after SIGHUP"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(reopened, "a new entries.jsonl is created after SIGHUP");
+    client
+        .emit(emit_req(vm_entry("vm-1", "after")))
+        .await
+        .unwrap();
     let dup = client
         .emit(emit_req(vm_entry("vm-1", "before")))
         .await
         .unwrap()
         .into_inner();
-    assert!(dup.duplicate, "keys of the rotated file are still known");
+    assert!(dup.duplicate, "keys of the sealed segment are still known");
     drop(server);
-    let old = std::fs::read_to_string(&rotated).unwrap();
-    let new = std::fs::read_to_string(&live).unwrap();
-    assert!(old.contains("\"id\":\"before\"") && old.ends_with('\n'));
-    assert_eq!(new.lines().count(), 1, "{new}");
-    assert_eq!(
-        old.lines().count() + new.lines().count(),
-        written,
-        "every acknowledged entry is in one of the two files"
-    );
+    let old = std::fs::read_to_string(&sealed).unwrap();
+    let live = std::fs::read_to_string(dir.path().join(meterd::ledger::ENTRIES_FILE)).unwrap();
+    assert!(old.contains("\"id\":\"before\"") && old.lines().count() == 1);
+    assert!(live.contains("\"id\":\"after\"") && live.lines().count() == 1);
 }

@@ -48,12 +48,10 @@ pub fn vector_lines(section: &str) -> Vec<(String, String)> {
 }
 
 pub fn ledger_config(dir: &Path) -> LedgerConfig {
-    LedgerConfig {
-        dir: dir.to_path_buf(),
-        fsync: Fsync::Always,
-        fsync_interval: Duration::from_secs(1),
-        dedupe_window: Duration::from_secs(7 * 24 * 3600),
-    }
+    let mut config = LedgerConfig::new(dir);
+    config.fsync = Fsync::Always;
+    config.fsync_interval = Duration::from_secs(1);
+    config
 }
 
 /// A meterd running inside the test process on an ephemeral loopback port.
@@ -280,18 +278,57 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Lines of a ledger file (each without its newline); empty if absent.
+/// Every line of a ledger stream (`entries.jsonl` or `batches.jsonl`): its
+/// sealed segments in log order, then the active file.
 pub fn ledger_lines(dir: &Path, file: &str) -> Vec<String> {
-    match std::fs::read_to_string(dir.join(file)) {
-        Ok(text) => {
-            assert!(
-                text.is_empty() || text.ends_with('\n'),
-                "{file} ends with a torn line"
-            );
-            text.lines().map(str::to_owned).collect()
+    let stem = file.strip_suffix(".jsonl").unwrap_or(file);
+    let mut sealed: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with(&format!("{stem}."))
+                    && name.ends_with(".jsonl")
+                    && name.len() == stem.len() + 1 + 20 + 6
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    sealed.sort();
+    sealed.push(dir.join(file));
+    let mut out = Vec::new();
+    for path in sealed {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                assert!(
+                    text.is_empty() || text.ends_with('\n'),
+                    "{} ends with a torn line",
+                    path.display()
+                );
+                out.extend(text.lines().map(str::to_owned));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("read {}: {e}", path.display()),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("read {file}: {e}"),
     }
+    out
+}
+
+/// Records in a spool not yet delivered, per its cursors.
+pub fn spool_pending(spool: &Path) -> u64 {
+    ["entries", "batches"]
+        .into_iter()
+        .map(|stream| {
+            let Ok(log) = meterd::log::Snapshot::open(spool, stream) else {
+                return 0;
+            };
+            let cursor = std::fs::read_to_string(spool.join(format!("{stream}.cursor")))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            log.end().saturating_sub(cursor)
+        })
+        .sum()
 }
 
 /// The string value of `field` in each JSON line (lines without it are skipped).

@@ -137,10 +137,6 @@ fn spool_dir(sidecar_ledger: &Path, upstream: SocketAddr) -> PathBuf {
         ))
 }
 
-fn file_len(path: PathBuf) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
 /// Waits until the aggregator holds every acknowledged record and the
 /// sidecar's spool is empty, then checks that each is there exactly once.
 async fn assert_delivered_once(aggregator: &Path, spool: &Path, acked: &Acked) {
@@ -162,8 +158,7 @@ async fn assert_delivered_once(aggregator: &Path, spool: &Path, acked: &Acked) {
         let b = counts(&batches(aggregator), "uuid");
         let all_there = want_entries.iter().all(|k| e.contains_key(k))
             && want_batches.iter().all(|k| b.contains_key(k));
-        let spool_empty = file_len(spool.join("entries.jsonl")) == 0
-            && file_len(spool.join("batches.jsonl")) == 0;
+        let spool_empty = crate::common::spool_pending(spool) == 0;
         if all_there && spool_empty {
             for (k, n) in e.iter().chain(b.iter()) {
                 assert_eq!(*n, 1, "{k} is in the aggregator's ledger {n} times");
@@ -213,7 +208,7 @@ async fn chained_meterd_delivers_everything_once_across_an_aggregator_outage() {
     );
     let spool = spool_dir(side_dir.path(), agg_addr);
     assert!(
-        file_len(spool.join("entries.jsonl")) > 0,
+        crate::common::spool_pending(&spool) > 0,
         "nothing spooled during the outage"
     );
 
@@ -351,7 +346,7 @@ async fn a_full_spool_refuses_new_records_then_drains() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = crate::common::field_values(&entries(agg_dir.path()), "vm_id");
-        if got.len() >= acked.len() && file_len(spool.join("entries.jsonl")) == 0 {
+        if got.len() >= acked.len() && crate::common::spool_pending(&spool) == 0 {
             assert_eq!(
                 got, acked,
                 "the aggregator must hold the backlog once, in order"
@@ -475,7 +470,7 @@ async fn records_the_upstream_rejects_go_to_the_dead_letter_file() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let delivered = crate::common::field_values(&batches(agg_dir.path()), "uuid");
-        if delivered.len() == 2 && file_len(spool.join("batches.jsonl")) == 0 {
+        if delivered.len() == 2 && crate::common::spool_pending(&spool) == 0 {
             // The rejected batch did not block the one behind it.
             assert_eq!(delivered, vec!["dl-ok-1", "dl-ok-2"]);
             break;
@@ -637,7 +632,7 @@ async fn a_refused_token_keeps_records_spooled_until_the_right_one_is_given() {
         &aggregator.addr.to_string(),
     ));
     assert!(
-        file_len(spool.join("entries.jsonl")) > 0,
+        crate::common::spool_pending(&spool) > 0,
         "the record left the spool"
     );
     assert!(!spool.join("dead-letter.jsonl").exists());

@@ -116,12 +116,14 @@ async fn concurrent_duplicates_are_written_once() {
 }
 
 #[tokio::test]
-async fn dedupe_window_is_measured_on_the_record_time() {
+async fn dedupe_window_is_measured_on_receive_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ledger_config(dir.path());
-    cfg.dedupe_window = std::time::Duration::from_secs(3600);
+    cfg.dedupe_window = std::time::Duration::from_secs(1);
+    // A backfilled entry: its own time is long outside the window, yet a
+    // retry right after it was received is a duplicate.
     let old = meterd::record::time_to_timestamp(
-        time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(7200),
+        time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(90 * 86400),
     );
     let mut stale = vm_entry("vm-1", "old-id");
     stale.emitted_at = Some(old);
@@ -129,26 +131,69 @@ async fn dedupe_window_is_measured_on_the_record_time() {
     let sink = Arc::new(JsonlSink::open(cfg.clone()).await.unwrap());
     let server = Server::with_sink(sink, server::Config::default()).await;
     let mut client = server.client().await;
-    client.emit(emit_req(stale.clone())).await.unwrap();
-    client
-        .emit(emit_req(vm_entry("vm-1", "new-id")))
-        .await
-        .unwrap();
+    assert!(
+        !client
+            .emit(emit_req(stale.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate
+    );
+    assert!(
+        client
+            .emit(emit_req(stale.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate
+    );
     server.stop().await;
 
     let sink = Arc::new(JsonlSink::open(cfg).await.unwrap());
     let server = Server::with_sink(sink, server::Config::default()).await;
     let mut client = server.client().await;
-    let r = client
-        .emit(emit_req(vm_entry("vm-1", "new-id")))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.duplicate, "inside the window");
+    // The window is wall time since the record was received: wait it out.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = client.emit(emit_req(stale)).await.unwrap().into_inner();
     assert!(!r.duplicate, "outside the window an id is forgotten");
     server.stop().await;
-    assert_eq!(entries(dir.path()).len(), 3);
+    assert_eq!(entries(dir.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn a_backfilled_entry_and_batch_retried_after_a_restart_are_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let months_ago = meterd::record::time_to_timestamp(
+        time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(120 * 86400),
+    );
+    let mut entry = vm_entry("vm-1", "backfill-1");
+    entry.emitted_at = Some(months_ago);
+    let mut b = batch("b-backfill", "m");
+    b.created = Some(months_ago);
+    for m in &mut b.metrics {
+        m.time = Some(months_ago);
+    }
+    for round in 0..2 {
+        let server = Server::jsonl(dir.path()).await;
+        let mut client = server.client().await;
+        let r = client
+            .emit(emit_req(entry.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.duplicate, round == 1, "round {round}");
+        let resp = submit_all(
+            &mut client,
+            vec![SubmitBatchRequest {
+                batches: vec![b.clone()],
+            }],
+        )
+        .await;
+        assert_eq!(acks(&resp[0], "m"), vec!["b-backfill"]);
+        server.stop().await;
+    }
+    assert_eq!(entries(dir.path()).len(), 1);
+    assert_eq!(batches(dir.path()).len(), 1);
 }
 
 #[tokio::test]

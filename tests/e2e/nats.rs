@@ -197,9 +197,7 @@ fn spool_dir(ledger: &Path, target: &str) -> PathBuf {
 }
 
 fn spool_empty(spool: &Path) -> bool {
-    ["entries.jsonl", "batches.jsonl"]
-        .iter()
-        .all(|f| std::fs::metadata(spool.join(f)).map_or(0, |m| m.len()) == 0)
+    crate::common::spool_pending(spool) == 0
 }
 
 async fn connect(addr: SocketAddr) -> Client {

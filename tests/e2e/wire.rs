@@ -98,7 +98,7 @@ fn recovery_reader_accepts_go_lines_with_zone_offsets() {
     for (name, line) in vector_lines("entries") {
         let mut with_id = line.strip_suffix('}').unwrap().to_owned();
         with_id.push_str(",\"id\":\"k\"}");
-        let (key, _time) = meterd::ledger::entry_key(with_id.as_bytes())
+        let key = meterd::ledger::entry_key(with_id.as_bytes())
             .unwrap_or_else(|_| panic!("{name} is readable"))
             .expect("has a key");
         assert_eq!(&*key, "k");

@@ -1,0 +1,467 @@
+//! The log: an append-only stream of JSONL records in segments, under both
+//! the ledger and every forwarding spool. It knows lines and their keys, not
+//! what the records mean, and imports nothing from the rest of meterd.
+//!
+//! A stream `S` (`entries`, `batches`) in a directory is:
+//! - `S.jsonl`, the active file, whose lines are byte-identical to the Go
+//!   encoding, and `S.times`, the receive time of each of its group commits;
+//! - sealed segments `S.<first position>.jsonl` (20 digits, so `ls` shows
+//!   log order) with their `.times` and a derived key index `.keys`.
+//!
+//! Every record has a position: per stream, from 1, +1 per record, never
+//! reused, derived from the file names and line order. Its receive time
+//! (when meterd made it durable) drives the dedupe window and retention.
+//! One writer thread per stream owns the files ([`writer`]); readers read
+//! the files by position ([`LogReader`]) and are woken by the writer.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod index;
+mod keys;
+mod lines;
+mod names;
+mod open;
+mod reader;
+mod snapshot;
+mod times;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use keys::Summary;
+pub use reader::{LogLine, LogReader, ReadError, SeekError};
+pub use snapshot::Snapshot;
+pub use times::Commit;
+
+use names::Names;
+use writer::{Msg, Writer};
+
+/// When writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// Synced before the ack; concurrent writers share one sync (group commit).
+    Always,
+    /// Acked once written; synced every `fsync_interval`.
+    Interval,
+    /// Acked once written; synced only at shutdown.
+    Never,
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fsync::Always => "always",
+            Fsync::Interval => "interval",
+            Fsync::Never => "never",
+        })
+    }
+}
+
+impl FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "interval" => Ok(Fsync::Interval),
+            "never" => Ok(Fsync::Never),
+            _ => Err(format!(
+                "unknown fsync policy {s:?} (expected always, interval or never)"
+            )),
+        }
+    }
+}
+
+/// A line that is not a valid record.
+#[derive(Debug)]
+pub struct Unreadable;
+
+/// A line's dedupe key (`None` when the record has none), or `Err` when the
+/// line is not a valid record. Supplied by whoever knows the records.
+pub type KeyOf = for<'a> fn(&'a [u8]) -> Result<Option<Cow<'a, str>>, Unreadable>;
+
+/// What the log needs of a record: its encoded line and its dedupe key.
+pub trait LogRecord: Send + Sync + 'static {
+    fn key(&self) -> Option<&str>;
+    /// The line, with its trailing `\n`.
+    fn line(&self) -> &[u8];
+}
+
+/// How one stream is opened.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// `entries` or `batches`: the files' names.
+    pub stream: &'static str,
+    pub fsync: Fsync,
+    pub fsync_interval: Duration,
+    /// Keys received within this window are remembered.
+    pub dedupe_window: Duration,
+    /// The active file is sealed once it holds this many bytes...
+    pub segment_max_bytes: u64,
+    /// ...or once its oldest record is this old.
+    pub segment_max_age: Duration,
+    /// Sealed segments whose newest record is older are deleted.
+    pub retention: Option<Duration>,
+    /// Oldest sealed segments are deleted while the stream is larger.
+    pub retention_bytes: Option<u64>,
+    pub key_of: KeyOf,
+}
+
+impl LogConfig {
+    /// Refuses a retention that would delete records inside the dedupe
+    /// window: their ids would be forgotten early.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(r) = self.retention {
+            if r < self.dedupe_window {
+                return Err(format!(
+                    "--retention {} is shorter than --dedupe-window {}: records would be deleted while their ids must still be remembered",
+                    humantime::format_duration(r),
+                    humantime::format_duration(self.dedupe_window)
+                ));
+            }
+        }
+        if self.segment_max_bytes == 0 {
+            return Err("--segment-max-bytes must be more than 0".into());
+        }
+        if self.segment_max_age.is_zero() {
+            return Err("--segment-max-age must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// What became of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Written at this position.
+    Written(u64),
+    /// Its key was received within the window; not written again.
+    Duplicate,
+}
+
+/// A failed append: nothing in it counts as written, and its keys stay free
+/// so that a retry is written.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LogError(pub String);
+
+/// Records to append: those of `records` at the indexes in `select`, in order.
+pub struct Append<R> {
+    pub records: Arc<[R]>,
+    pub select: Vec<usize>,
+    /// One outcome per selected record, once the group is durable.
+    pub reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+}
+
+/// What the writer publishes to readers.
+pub(crate) struct Shared {
+    names: Names,
+    view: Mutex<Arc<View>>,
+    /// The last durable position (0 while the stream is empty).
+    end: watch::Sender<u64>,
+    healthy: watch::Sender<bool>,
+    /// Keys of the active segment, held in memory.
+    active_keys: AtomicU64,
+    /// Bytes of filters and fences of sealed segments inside the window.
+    filter_bytes: AtomicU64,
+}
+
+/// What a stream holds in memory for dedupe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub active_keys: u64,
+    pub filter_bytes: u64,
+    pub sealed_segments: usize,
+}
+
+impl Shared {
+    fn view(&self) -> Arc<View> {
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Returns whether health changed.
+    fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.send_if_modified(|h| {
+            let changed = *h != healthy;
+            *h = healthy;
+            changed
+        })
+    }
+}
+
+/// The segments as readers see them; replaced whole on a seal or deletion.
+pub(crate) struct View {
+    sealed: Vec<SegmentView>,
+    active: Arc<ActiveMeta>,
+}
+
+pub(crate) struct SegmentView {
+    summary: Summary,
+    bytes_before: u64,
+}
+
+/// The active segment as readers see it.
+pub(crate) struct ActiveMeta {
+    first: u64,
+    data: Arc<File>,
+    /// Grows with every durable group; complete once the segment is sealed.
+    commits: RwLock<Vec<Commit>>,
+    bytes_before: u64,
+}
+
+/// Handle to one stream and its writer thread. Safe for concurrent use.
+///
+/// The queue is unbounded so that [`Log::append`] can enqueue without
+/// waiting, which keeps the file in the order of the calls. Every queued
+/// append has a caller waiting for its reply, and callers are bounded
+/// upstream (concurrent calls, per-stream pipeline depth).
+pub struct Log<R> {
+    tx: mpsc::UnboundedSender<Msg<R>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+// === impl Log ===
+
+impl<R: LogRecord> Log<R> {
+    /// Opens (creating) a stream: finishes an interrupted seal, checks the
+    /// sealed segments' indexes, recovers the active file, and starts the
+    /// writer thread. Blocking.
+    pub fn open(config: LogConfig) -> io::Result<Log<R>> {
+        config
+            .check()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let started = std::time::Instant::now();
+        let opened = open::open(&config)?;
+        let names = Names {
+            dir: config.dir.clone(),
+            stream: config.stream,
+        };
+        let (end, _) = watch::channel(0);
+        let (healthy, _) = watch::channel(true);
+        let shared = Arc::new(Shared {
+            names,
+            view: Mutex::new(Arc::new(View {
+                sealed: Vec::new(),
+                active: Arc::new(ActiveMeta {
+                    first: 1,
+                    data: opened.active.data.clone(),
+                    commits: RwLock::new(Vec::new()),
+                    bytes_before: 0,
+                }),
+            })),
+            end,
+            healthy,
+            active_keys: AtomicU64::new(0),
+            filter_bytes: AtomicU64::new(0),
+        });
+        let writer = Writer::new(config.clone(), shared.clone(), opened);
+        tracing::debug!(stream = config.stream, elapsed = ?started.elapsed(), "log opened");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("log-{}", config.stream))
+            .spawn(move || writer.run(rx))?;
+        let tick = if config.fsync == Fsync::Interval {
+            config.fsync_interval.min(Duration::from_secs(1))
+        } else {
+            Duration::from_secs(1)
+        };
+        spawn_ticker(tx.downgrade(), tick)?;
+        Ok(Log {
+            tx,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues records without waiting; appends are written in the order
+    /// they are queued. The reply arrives once the group is durable.
+    pub fn append(&self, job: Append<R>) -> Result<(), LogError> {
+        self.tx
+            .send(Msg::Append(job))
+            .map_err(|_| LogError("log is closed".into()))
+    }
+
+    async fn ask(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<(), LogError>>) -> Msg<R>,
+    ) -> Result<(), LogError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(msg(reply))
+            .map_err(|_| LogError("log is closed".into()))?;
+        done.await
+            .unwrap_or_else(|_| Err(LogError("log writer stopped".into())))
+    }
+
+    /// Seals the active file now (if it holds anything).
+    pub async fn seal(&self) -> Result<(), LogError> {
+        self.ask(Msg::Seal).await
+    }
+
+    /// Spools: every record up to `upto` is delivered; sealed segments that
+    /// hold nothing else are deleted.
+    pub async fn release(&self, upto: u64) -> Result<(), LogError> {
+        self.ask(|r| Msg::Release(upto, r)).await
+    }
+
+    /// Syncs everything written so far and stops the writer thread.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Msg::Close(reply)).is_err() {
+            return Ok(()); // already closed
+        }
+        let result = done
+            .await
+            .unwrap_or_else(|_| Err(LogError("log writer stopped".into())));
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        result
+    }
+}
+
+impl<R> Log<R> {
+    /// A reader of the durable records after `after` (0: from the first
+    /// retained one).
+    pub fn reader(&self, after: u64) -> Result<LogReader, SeekError> {
+        LogReader::new(self.shared.clone(), after)
+    }
+
+    /// The first retained position (the next one to be written when the
+    /// stream holds nothing).
+    pub fn first(&self) -> u64 {
+        self.shared.view().first()
+    }
+
+    /// The last durable position; 0 while nothing was ever written.
+    pub fn end(&self) -> u64 {
+        *self.shared.end.borrow()
+    }
+
+    /// Changes whenever records become durable: followers wait on it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.end.subscribe()
+    }
+
+    /// Changes when writing fails or recovers (the writer probes a failed
+    /// disk every second, so this recovers with no client write).
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.shared.healthy.subscribe()
+    }
+
+    /// Bytes in the retained segments since the log was opened (the same
+    /// origin as [`LogReader::bytes_before`]).
+    pub fn bytes_end(&self) -> u64 {
+        let view = self.shared.view();
+        let len = view
+            .active
+            .commits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .map_or(0, |c| c.end_offset);
+        view.active.bytes_before + len
+    }
+
+    /// What the stream holds in memory for dedupe.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            active_keys: self.shared.active_keys.load(Ordering::Relaxed),
+            filter_bytes: self.shared.filter_bytes.load(Ordering::Relaxed),
+            sealed_segments: self.shared.view().sealed.len(),
+        }
+    }
+
+    /// The sealed segments, oldest first.
+    pub fn segments(&self) -> Vec<Summary> {
+        self.shared
+            .view()
+            .sealed
+            .iter()
+            .map(|s| s.summary)
+            .collect()
+    }
+
+    /// The path of the active file.
+    pub fn path(&self) -> PathBuf {
+        self.shared.names.active_data()
+    }
+}
+
+fn spawn_ticker<R: Send + Sync + 'static>(
+    tx: mpsc::WeakUnboundedSender<Msg<R>>,
+    every: Duration,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("log-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            // Ends once the log is gone.
+            let Some(tx) = tx.upgrade() else { return };
+            if tx.send(Msg::Tick).is_err() {
+                return;
+            }
+        })?;
+    Ok(())
+}
+
+/// Now, in unix nanoseconds.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Makes renames and new files in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| annotate(e, "sync directory", dir))
+}
+
+pub fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// Replaces `path` with `data` so that a crash leaves either the old or the
+/// new content: write a temporary file, sync it, rename it over, sync the
+/// directory. Blocking.
+pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = names::temporary(path);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| annotate(e, "create", &tmp))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).map_err(|e| annotate(e, "rename", path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

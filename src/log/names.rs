@@ -1,0 +1,109 @@
+//! File names of a log stream. A sealed segment is named by its first
+//! position, zero-padded, so that `ls` lists the log in order and the active
+//! file (`entries.jsonl`) sorts after every sealed one.
+
+use std::path::{Path, PathBuf};
+
+/// The data of a sealed segment: the ledger lines, byte for byte.
+pub(crate) const DATA: &str = "jsonl";
+/// Receive times of a segment's groups (see `times.rs`); not derivable from the data.
+pub(crate) const TIMES: &str = "times";
+/// The key index of a sealed segment (see `keys.rs`); derived from the data and the times.
+pub(crate) const KEYS: &str = "keys";
+
+/// The files of one stream (`entries` or `batches`) in a directory.
+#[derive(Clone, Debug)]
+pub(crate) struct Names {
+    pub dir: PathBuf,
+    pub stream: &'static str,
+}
+
+impl Names {
+    /// `entries.jsonl`: the active file, named as the Go package names it.
+    pub fn active_data(&self) -> PathBuf {
+        self.dir.join(format!("{}.{DATA}", self.stream))
+    }
+
+    /// `entries.times`: receive times of the active file's groups.
+    pub fn active_times(&self) -> PathBuf {
+        self.dir.join(format!("{}.{TIMES}", self.stream))
+    }
+
+    /// `entries.damaged`: bytes cut from a damaged tail, kept for inspection.
+    pub fn damaged(&self) -> PathBuf {
+        self.dir.join(format!("{}.damaged", self.stream))
+    }
+
+    /// `entries.00000000000000000001.jsonl` and its `.times` and `.keys`.
+    pub fn sealed(&self, first: u64, ext: &str) -> PathBuf {
+        self.dir.join(format!("{}.{first:020}.{ext}", self.stream))
+    }
+
+    /// `(first, ext)` when `name` is a sealed segment file of this stream.
+    pub fn parse_sealed<'a>(&self, name: &'a str) -> Option<(u64, &'a str)> {
+        let rest = name.strip_prefix(self.stream)?.strip_prefix('.')?;
+        let (digits, ext) = rest.split_once('.')?;
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((digits.parse().ok()?, ext))
+    }
+
+    /// Whether `name` is a temporary file of this stream left by a crash.
+    pub fn is_temporary(&self, name: &str) -> bool {
+        name.starts_with(self.stream)
+            && name.as_bytes().get(self.stream.len()) == Some(&b'.')
+            && name.ends_with(".tmp")
+    }
+}
+
+/// The active file's name as a static label (for metrics).
+pub(crate) fn label(stream: &'static str) -> &'static str {
+    match stream {
+        "entries" => "entries.jsonl",
+        "batches" => "batches.jsonl",
+        other => other,
+    }
+}
+
+/// The temporary name a file is written under before it is renamed over `path`.
+pub(crate) fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_names_sort_in_log_order_before_the_active_file() {
+        let n = Names {
+            dir: PathBuf::from("/l"),
+            stream: "entries",
+        };
+        let mut names: Vec<String> = [n.active_data(), n.sealed(10, DATA), n.sealed(9, DATA)]
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "entries.00000000000000000009.jsonl",
+                "entries.00000000000000000010.jsonl",
+                "entries.jsonl"
+            ]
+        );
+        assert_eq!(
+            n.parse_sealed("entries.00000000000000000010.keys"),
+            Some((10, "keys"))
+        );
+        assert_eq!(n.parse_sealed("entries.jsonl"), None);
+        assert_eq!(n.parse_sealed("batches.00000000000000000010.keys"), None);
+        assert_eq!(n.parse_sealed("entries.0000000000000000001.keys"), None);
+        assert!(n.is_temporary("entries.times.tmp"));
+        assert!(!n.is_temporary("entriesx.tmp"));
+    }
+}

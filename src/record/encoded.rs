@@ -1,0 +1,89 @@
+//! A validated record, encoded once at the edge, and what became of it.
+//! Every sink writes the same bytes, no sink encodes under a lock, and the
+//! log below the ledger and the spools sees only the line and its key.
+
+use std::sync::Arc;
+
+use super::{Entry, MetricBatch};
+use crate::log::LogRecord;
+
+/// A validated record with its Go-compatible JSON line.
+#[derive(Clone)]
+pub struct Record {
+    /// De-duplication key: the entry `id` or the batch uuid; `None` for an
+    /// entry without an id.
+    pub key: Option<Box<str>>,
+    /// The JSONL line, including its trailing newline.
+    pub line: Vec<u8>,
+    /// The record itself, for sinks that forward structured data.
+    pub body: Body,
+}
+
+/// What a record is.
+#[derive(Clone, Debug)]
+pub enum Body {
+    Entry(Entry),
+    Batch(MetricBatch),
+}
+
+impl std::fmt::Debug for Record {
+    // The line is left out: it holds batch credentials in base64.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("key", &self.key)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+/// What became of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Newly recorded.
+    Written,
+    /// Already recorded earlier (same key within the dedupe window); not written again.
+    Duplicate,
+    /// Refused for good by an upstream that acks for the client
+    /// (pass-through forwarding), with its reason.
+    Rejected(Arc<str>),
+}
+
+// === impl Record ===
+
+impl Record {
+    /// Encodes a validated entry once, for every sink.
+    pub fn entry(entry: Entry) -> Record {
+        let mut line = Vec::with_capacity(256);
+        crate::wire::entry_line(&entry, &mut line);
+        Record {
+            key: (!entry.id.is_empty()).then(|| entry.id.as_str().into()),
+            line,
+            body: Body::Entry(entry),
+        }
+    }
+
+    /// Encodes a validated batch once, for every sink.
+    pub fn batch(batch: MetricBatch) -> Record {
+        let mut line = Vec::with_capacity(512 + 128 * batch.metrics.len());
+        crate::wire::batch_line(&batch, &mut line);
+        Record {
+            key: Some(batch.uuid.as_str().into()),
+            line,
+            body: Body::Batch(batch),
+        }
+    }
+
+    pub fn is_entry(&self) -> bool {
+        matches!(self.body, Body::Entry(_))
+    }
+}
+
+impl LogRecord for Record {
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    fn line(&self) -> &[u8] {
+        &self.line
+    }
+}
