@@ -53,3 +53,33 @@ impl fmt::Debug for Protocol {
         self.value.fmt(f)
     }
 }
+
+/// PATCH(meterd, see vendor/h2/NOTE.md): the `:authority` of a request that
+/// is not a valid `host[:port]`, e.g. the socket path that gRPC clients send
+/// on a Unix socket. The server leaves such an authority out of the request
+/// URI and puts this in the request's extensions instead of resetting the
+/// stream; an application that wants the old strictness refuses requests
+/// that carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MalformedAuthority {
+    value: Bytes,
+}
+
+impl MalformedAuthority {
+    pub(crate) fn new(value: Bytes) -> Self {
+        Self { value }
+    }
+
+    /// The value as the client sent it.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.value
+    }
+}
+
+impl fmt::Debug for MalformedAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_tuple("MalformedAuthority")
+            .field(&self.value)
+            .finish()
+    }
+}

@@ -1700,15 +1700,33 @@ impl proto::Peer for Peer {
 
         // A request translated from HTTP/1 must not include the :authority
         // header
+        //
+        // PATCH(meterd, see vendor/h2/NOTE.md): an :authority that is not a
+        // valid `host[:port]` (gRPC clients on a Unix socket send the socket
+        // path, or its %-encoding) no longer resets the stream. Outside
+        // CONNECT it is left out of the URI, as if absent, and the request
+        // carries `ext::MalformedAuthority`, so the application decides per
+        // listener whether to refuse it (meterd refuses it on TCP).
+        let mut malformed_authority = None;
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
+            match maybe_authority {
+                Ok(parsed) => parts.authority = Some(parsed),
+                Err(why) if !is_connect => {
+                    tracing::debug!(
+                        "malformed authority ({:?}): {}; left out of the URI",
+                        authority,
+                        why,
+                    );
+                    malformed_authority =
+                        Some(crate::ext::MalformedAuthority::new(authority.into_inner()));
+                }
+                Err(why) => malformed!(
                     "malformed headers: malformed authority ({:?}): {}",
                     authority,
                     why,
-                )
-            })?);
+                ),
+            }
         }
 
         // A :scheme is required, except CONNECT.
@@ -1766,6 +1784,10 @@ impl proto::Peer for Peer {
         };
 
         *request.headers_mut() = fields;
+        // PATCH(meterd): see above.
+        if let Some(malformed) = malformed_authority {
+            request.extensions_mut().insert(malformed);
+        }
 
         Ok(request)
     }

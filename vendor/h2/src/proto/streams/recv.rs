@@ -846,6 +846,16 @@ impl Recv {
         let promised_id = frame.promised_id();
         let (pseudo, fields) = frame.into_parts();
         let req = crate::server::Peer::convert_poll_message(pseudo, fields, promised_id)?;
+        // PATCH(meterd, see vendor/h2/NOTE.md): the lenient :authority is for
+        // requests a server receives; a promised request stays strict.
+        if req
+            .extensions()
+            .get::<crate::ext::MalformedAuthority>()
+            .is_some()
+        {
+            proto_err!(stream: "recv_push_promise: malformed authority; promised_id={:?}", promised_id);
+            return Err(Error::library_reset(promised_id, Reason::PROTOCOL_ERROR));
+        }
 
         if let Err(e) = frame::PushPromise::validate_request(&req) {
             use PushPromiseHeaderError::*;
