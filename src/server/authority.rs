@@ -21,7 +21,7 @@
 //! sits in an HPACK-compressed header block, often as an index into the
 //! connection's dynamic table, so rewriting it means decoding and re-encoding
 //! every header block of the connection in a frame-level proxy, a much larger
-//! piece of code in the data path than a 20-line, reviewed patch.
+//! piece of code in the data path than the small patch of h2.
 
 use std::fmt;
 
