@@ -7,7 +7,8 @@
 //! - [`pb`]: generated protobuf types of `proto/metering/v1` and the descriptor set.
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
-//! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes.
+//! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes;
+//!   `server/authority.rs` decides which `:authority` each listener accepts.
 //! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
 //!   upstreams `grpc`, `http`), and the factory.
 //! - [`spool`]: the durable spool under forwarding sinks: cursors, windows,

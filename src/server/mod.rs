@@ -20,6 +20,7 @@ use crate::record::Limits;
 use crate::sink::{Outcome, Record, Sink, SinkError};
 
 mod auth;
+mod authority;
 mod emit;
 mod health;
 mod listen;
@@ -264,6 +265,7 @@ pub async fn run(
     let mut servers = tokio::task::JoinSet::new();
     let mut sockets = Vec::new();
     for listener in listeners {
+        let unix_socket = matches!(listener, Listener::Unix(..));
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_streams_per_connection)
             .http2_keepalive_interval(config.http2_keepalive_interval)
@@ -273,6 +275,8 @@ pub async fn run(
             builder = builder.max_connection_age(age);
         }
         let router = builder
+            // Unix sockets accept the socket path as :authority, TCP does not.
+            .layer(authority::layer(unix_socket))
             .add_service(metering.clone())
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())

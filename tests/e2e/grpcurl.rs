@@ -389,3 +389,83 @@ async fn health_check_serving() {
     );
     assert_eq!(json_one(&out)["status"], json!("SERVING"), "{out}");
 }
+
+/// grpcurl on the Unix socket, as a stock client: `-unix PATH` sends the
+/// socket path as `:authority`, which stock h2 refused with PROTOCOL_ERROR
+/// (issue 9, item 0).
+#[tokio::test]
+async fn unix_socket_list_and_emit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let sock = run.path().join("meterd.sock");
+    // Ready once TCP health answers: every listener is bound before serving.
+    let _bin = Binary::start(
+        dir.path(),
+        &["--listen", &format!("unix:{}", sock.display())],
+    )
+    .await;
+    let sock = sock.to_str().expect("a UTF-8 temporary path");
+
+    let out = grpcurl_ok(&["-plaintext", "-unix", sock, "list"], None);
+    let services: Vec<&str> = out.lines().map(str::trim).collect();
+    for want in [SERVICE, "grpc.health.v1.Health"] {
+        assert!(
+            services.contains(&want),
+            "`grpcurl -unix list` lacks {want}:\n{out}"
+        );
+    }
+
+    let body = emit_body("vm-uds", 2, "grpcurl-uds-1");
+    let out = grpcurl_ok(
+        &[
+            "-plaintext",
+            "-unix",
+            "-d",
+            &body,
+            sock,
+            &format!("{SERVICE}/Emit"),
+        ],
+        None,
+    );
+    let resp = json_one(&out);
+    assert_ne!(resp["duplicate"], json!(true), "{resp}");
+    let lines = common::entries(dir.path());
+    assert_eq!(lines.len(), 1, "ledger entries: {lines:#?}");
+    let line: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["vm_id"], json!("vm-uds"), "{line}");
+    assert_eq!(line["id"], json!("grpcurl-uds-1"), "{line}");
+}
+
+/// The leniency is the Unix socket's only: on TCP, grpcurl told to send a
+/// socket path as `:authority` is refused as before, and nothing is written.
+#[tokio::test]
+async fn tcp_refuses_a_path_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    let addr = bin.addr.to_string();
+
+    let body = emit_body("vm-tcp", 2, "grpcurl-tcp-1");
+    let (ok, stdout, stderr) = grpcurl(
+        &[
+            "-plaintext",
+            "-authority",
+            "/run/meterd/meterd.sock",
+            "-d",
+            &body,
+            &addr,
+            &format!("{SERVICE}/Emit"),
+        ],
+        None,
+    );
+    assert!(!ok, "a path :authority was accepted on TCP: {stdout}");
+    assert!(
+        stderr.contains("RST_STREAM") && stderr.contains("PROTOCOL_ERROR"),
+        "want the stream reset with PROTOCOL_ERROR, got: {stderr}"
+    );
+    assert!(common::entries(dir.path()).is_empty());
+
+    // The same call with a valid authority goes through.
+    let (ok, _, stderr) = emit(&addr, &body);
+    assert!(ok, "Emit with the default authority failed: {stderr}");
+    assert_eq!(common::entries(dir.path()).len(), 1);
+}

@@ -15,4 +15,5 @@ mod python;
 mod security;
 mod sinks;
 mod submit_batch;
+mod unixsock;
 mod wire;
