@@ -1,25 +1,24 @@
 //! Crash recovery on arbitrary file contents: opening a ledger whose files
-//! hold these bytes must not panic; afterwards each file is empty or ends
-//! with a newline (a torn tail is cut), and appending still works.
+//! hold these bytes (an older meterd's single files, or an active file with
+//! its receive times) must not panic; afterwards the active files are empty
+//! or end with a newline (a damaged tail is cut), and appending still works.
 
 #![no_main]
-
-use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use meterd::ledger::{Fsync, Ledger, LedgerConfig, BATCHES_FILE, ENTRIES_FILE};
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("tempdir");
-    let split = data.len() / 2;
-    std::fs::write(dir.path().join(ENTRIES_FILE), &data[..split]).expect("write");
-    std::fs::write(dir.path().join(BATCHES_FILE), &data[split..]).expect("write");
-    let config = LedgerConfig {
-        dir: dir.path().to_path_buf(),
-        fsync: Fsync::Never,
-        fsync_interval: Duration::from_secs(1),
-        dedupe_window: Duration::from_secs(7 * 24 * 3600),
-    };
+    let (times, rest) = data.split_at(data.len().min(data.first().copied().unwrap_or(0) as usize));
+    let split = rest.len() / 2;
+    std::fs::write(dir.path().join(ENTRIES_FILE), &rest[..split]).expect("write");
+    std::fs::write(dir.path().join(BATCHES_FILE), &rest[split..]).expect("write");
+    if !times.is_empty() {
+        std::fs::write(dir.path().join("entries.times"), times).expect("write");
+    }
+    let mut config = LedgerConfig::new(dir.path());
+    config.fsync = Fsync::Never;
     let ledger = Ledger::open(&config);
     if ledger.is_ok() {
         for file in [ENTRIES_FILE, BATCHES_FILE] {

@@ -444,3 +444,30 @@ mod tests {
         assert!(index.lookup(hash("a")).unwrap().is_empty());
     }
 }
+
+/// `scripts/fuzz` seeds the key index fuzzer with valid files written here.
+#[cfg(test)]
+#[test]
+fn writes_fuzz_seeds_when_asked() {
+    let Some(dir) = std::env::var_os("METERD_FUZZ_SEED_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    for (name, keys) in [
+        ("seed-3", &["a", "b", "k1"][..]),
+        ("seed-0", &[][..]),
+        (
+            "seed-300",
+            &(0..300)
+                .map(|i| if i % 2 == 0 { "a" } else { "b" })
+                .collect::<Vec<_>>()[..],
+        ),
+    ] {
+        let path = dir.join(name);
+        super::fuzz::write_key_index(&path, keys).unwrap();
+        // The fuzz target reads its probes from the first 32 bytes.
+        let mut bytes = vec![0u8; 32];
+        bytes.extend(std::fs::read(&path).unwrap());
+        std::fs::write(&path, bytes).unwrap();
+    }
+}

@@ -209,7 +209,7 @@ impl Binary {
         }
     }
 
-    async fn wait_ready(&mut self) {
+    pub async fn wait_ready(&mut self) {
         for _ in 0..500 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("meterd exited early: {status}");

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod crash;
+mod durability;
 mod emit;
 mod faults;
 mod forward;
