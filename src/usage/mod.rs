@@ -35,6 +35,8 @@ mod pairing;
 mod query;
 mod report;
 mod rows;
+#[cfg(test)]
+mod tests;
 
 pub use bucket::MAX_BUCKETS;
 pub use decimal::Decimal;
