@@ -35,6 +35,8 @@ mod pairing;
 mod query;
 mod report;
 mod rows;
+#[doc(hidden)]
+pub mod synthetic;
 #[cfg(test)]
 mod tests;
 

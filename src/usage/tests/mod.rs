@@ -1,12 +1,13 @@
 //! Unit tests of the usage engine: every pairing rule with a hand-checked
 //! example (`rules`), calendar buckets and DST (`calendar`), exact
-//! arithmetic and limits (`exact`), and properties over random ledgers
-//! (`props`).
+//! arithmetic and limits (`exact`), properties over random ledgers
+//! (`props`), and a synthetic ledger for timing (`synthetic`).
 
 mod calendar;
 mod exact;
 mod props;
 mod rules;
+mod synthetic;
 
 use time::OffsetDateTime;
 
