@@ -12,7 +12,7 @@
 //! # Semantics (PRODUCT.md "Pairing rules", and where it is silent)
 //! - Records are paired per (family, id) in `emitted_at` order, ties by
 //!   position; arrival order never matters.
-//! - "Shape" means the fields the family bills ([`events::Billed`]): cpu and
+//! - "Shape" means the fields the family bills (`events::Billed`): cpu and
 //!   mem_bytes for compute, storage_bytes for storage. A start that differs
 //!   only elsewhere is a `DuplicateStart`; a stop mismatches only on fields
 //!   it gives (non-zero), since the Go encoding omits zero fields.

@@ -163,8 +163,8 @@ pub fn pair(
 
 /// Puts a checkpoint's open intervals into `groups` as seeds, keeping only
 /// the (family, id) that `keep` accepts.
-pub fn seed<T: From<Open>>(
-    groups: &mut Groups<T>,
+pub fn seed(
+    groups: &mut Groups<Open>,
     hypervisors: &mut Interner,
     checkpoint: Checkpoint,
     keep: impl Fn(Family, &str) -> bool,
@@ -179,7 +179,7 @@ pub fn seed<T: From<Open>>(
             hypervisor: hypervisors.intern(&state.hypervisor),
             position: state.position,
         };
-        groups.slot(family, &id).seed = Some(T::from(open));
+        groups.slot(family, &id).seed = Some(open);
     }
 }
 

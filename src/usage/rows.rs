@@ -6,7 +6,8 @@
 //! intervals of one (family, id) never overlap, so a bucket's nanoseconds sum
 //! to at most `i64::MAX` (< 2⁶³). Billed values are non-negative `i64`s, so a
 //! bucket's `Σ value × nanos` is at most `i64::MAX × i64::MAX` < 2¹²⁶, well
-//! inside `u128`. (16 TiB for 31 days is about 4.7 × 10²⁸, below 2⁹⁶.)
+//! inside `u128`. (16 TiB for 31 days is about 4.7 × 10²⁸ byte-nanoseconds,
+//! below 2⁹⁶.)
 
 use super::decimal::Decimal;
 use super::pairing::Interval;
