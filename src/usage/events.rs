@@ -169,7 +169,7 @@ impl Interner {
 pub struct Groups<T> {
     /// Per family (indexed by `Family::index`): id → slot in `slots`.
     ids: [HashMap<Box<str>, usize>; 3],
-    pub slots: Vec<Slot<T>>,
+    slots: Vec<Slot<T>>,
 }
 
 /// A (family, id) and the index of its slot.
