@@ -4,10 +4,15 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/metering/v1/metering.proto";
+    // Both files are package metering.v1, so they generate one Rust module
+    // and one descriptor set (ledger.proto imports metering.proto).
+    let protos = [
+        "proto/metering/v1/metering.proto",
+        "proto/metering/v1/ledger.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
 
-    let fds = protox::compile([proto], ["proto"])?;
+    let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     // Kept for tonic-reflection, so grpcurl works without the .proto files.

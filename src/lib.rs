@@ -14,6 +14,8 @@
 //! - [`spool`]: the durable spool under forwarding sinks: cursors, windows,
 //!   dead-letter and quarantine files.
 //! - [`ledger`]: the append-only files: group commit, crash recovery, dedupe index.
+//! - [`usage`]: the pure engine of `LedgerService.Usage`: pairs lifecycle
+//!   entries into intervals and cuts them into exact, DST-aware calendar buckets.
 //! - [`cli`]: the `meterd` command line.
 
 pub mod cli;
@@ -25,4 +27,5 @@ pub mod record;
 pub mod server;
 pub mod sink;
 pub mod spool;
+pub mod usage;
 pub mod wire;

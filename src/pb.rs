@@ -1,5 +1,5 @@
-//! Generated protobuf and gRPC types for `metering.v1`, and the descriptor set
-//! that server reflection serves.
+//! Generated protobuf and gRPC types for `metering.v1` (`metering.proto` and
+//! `ledger.proto`), and the descriptor set that server reflection serves.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 

@@ -1,0 +1,65 @@
+//! Exact decimals for usage figures: integer counts of 10⁻⁹ units, printed
+//! with up to 9 fractional digits, never through floating point.
+
+use std::fmt;
+
+/// Nano-units per unit: a byte-nanosecond is 10⁻⁹ byte-seconds.
+const NANOS_PER_UNIT: u128 = 1_000_000_000;
+
+/// A non-negative exact decimal with nine fractional digits, held as a count
+/// of 10⁻⁹ units. Usage is accumulated as `value × nanoseconds` (for example
+/// byte-nanoseconds), which is exactly this representation of byte-seconds.
+///
+/// `Display` writes the integer part, then `.` and the fraction with trailing
+/// zeros trimmed, or just the integer part when the fraction is zero: one
+/// byte-nanosecond is `0.000000001`, one GiB for one nanosecond `1.073741824`,
+/// nothing is `0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Decimal(pub u128);
+
+// === impl Decimal ===
+
+impl Decimal {
+    /// Zero.
+    pub const ZERO: Decimal = Decimal(0);
+
+    /// The decimal `value × nanos` 10⁻⁹ units, i.e. `value` for `nanos`
+    /// nanoseconds. Exact: both factors are below 2⁶⁴, so the product is below
+    /// 2¹²⁸.
+    pub fn product(value: u64, nanos: u64) -> Decimal {
+        Decimal(u128::from(value) * u128::from(nanos))
+    }
+
+    /// The count of 10⁻⁹ units.
+    pub fn nano_units(self) -> u128 {
+        self.0
+    }
+}
+
+impl std::ops::Add for Decimal {
+    type Output = Decimal;
+
+    /// Exact sum. Callers keep sums below 2¹²⁸ (see `rows`: a bucket's sum is
+    /// at most `i64::MAX × i64::MAX`, below 2¹²⁶), so this never overflows.
+    fn add(self, other: Decimal) -> Decimal {
+        Decimal(self.0 + other.0)
+    }
+}
+
+impl std::ops::AddAssign for Decimal {
+    fn add_assign(&mut self, other: Decimal) {
+        *self = *self + other;
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / NANOS_PER_UNIT;
+        let frac = self.0 % NANOS_PER_UNIT;
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        let digits = format!("{frac:09}");
+        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+    }
+}

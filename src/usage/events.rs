@@ -1,0 +1,232 @@
+//! Compact lifecycle events grouped by (family, id): what the engine keeps of
+//! each record between `push` and `finish`.
+
+use std::collections::HashMap;
+
+use super::{Family, UnixNanos};
+use crate::record::{Entry, Kind, Shape};
+
+const NANOS_PER_SECOND: i128 = 1_000_000_000;
+
+/// The fields of a shape that a family bills, the others left out:
+/// `[cpu, mem_bytes]` for compute, `[storage_bytes, 0]` for both storage
+/// families. "Same shape" in the pairing rules means equal `Billed`: a start
+/// that changes only a field the family does not bill is not a resize.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Billed([u64; 2]);
+
+// === impl Billed ===
+
+impl Billed {
+    /// Negative values (which validation never lets into the ledger, but a
+    /// hand-written ledger might hold) bill as zero rather than wrap.
+    pub fn of(family: Family, shape: &Shape) -> Billed {
+        let v = |x: i64| u64::try_from(x).unwrap_or(0);
+        match family {
+            Family::VmCompute => Billed([v(shape.cpu), v(shape.mem_bytes)]),
+            Family::VmStorage | Family::SnapStorage => Billed([v(shape.storage_bytes), 0]),
+        }
+    }
+
+    /// True when a stop with this shape disagrees with the open interval's.
+    /// A zero field is "not given" (the Go encoding omits zero fields, so a
+    /// stop cannot tell 0 from absent); only given fields are compared. An
+    /// all-zero stop never mismatches.
+    pub fn mismatches(self, open: Billed) -> bool {
+        self.0
+            .iter()
+            .zip(open.0)
+            .any(|(&stop, open)| stop != 0 && stop != open)
+    }
+
+    /// `(cpu, mem_bytes, storage_bytes)`, zero where the family does not bill.
+    pub fn rates(self, family: Family) -> (u64, u64, u64) {
+        match family {
+            Family::VmCompute => (self.0[0], self.0[1], 0),
+            Family::VmStorage | Family::SnapStorage => (0, 0, self.0[0]),
+        }
+    }
+
+    /// The billed fields as a `Shape` (unbilled fields zero).
+    pub fn to_shape(self, family: Family) -> Shape {
+        let (cpu, mem, storage) = self.rates(family);
+        let i = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        Shape {
+            cpu: i(cpu),
+            mem_bytes: i(mem),
+            storage_bytes: i(storage),
+        }
+    }
+}
+
+/// Set in `Event::nanos_flag` for a start; nanoseconds need only 30 bits.
+const START_FLAG: u32 = 1 << 31;
+
+/// One record as the pairing needs it: 40 bytes, no strings. The hypervisor
+/// is an index into the engine's `Interner`.
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `emitted_at` as whole seconds and (below) nanoseconds, so the event
+    /// needs no 16-byte-aligned `i128`.
+    secs: i64,
+    pub position: u64,
+    pub billed: Billed,
+    /// Nanoseconds of `emitted_at`, with `START_FLAG` for a start.
+    nanos_flag: u32,
+    pub hypervisor: u32,
+}
+
+// === impl Event ===
+
+impl Event {
+    pub fn new(
+        at: UnixNanos,
+        position: u64,
+        start: bool,
+        billed: Billed,
+        hypervisor: u32,
+    ) -> Event {
+        // Entries hold years 0001..=9999, far inside i64 seconds.
+        let secs = i64::try_from(at.div_euclid(NANOS_PER_SECOND)).unwrap_or(i64::MAX);
+        let nanos = at.rem_euclid(NANOS_PER_SECOND) as u32;
+        Event {
+            secs,
+            position,
+            billed,
+            nanos_flag: nanos | if start { START_FLAG } else { 0 },
+            hypervisor,
+        }
+    }
+
+    /// `emitted_at` in Unix nanoseconds.
+    pub fn at(&self) -> UnixNanos {
+        i128::from(self.secs) * NANOS_PER_SECOND + i128::from(self.nanos_flag & !START_FLAG)
+    }
+
+    pub fn is_start(&self) -> bool {
+        self.nanos_flag & START_FLAG != 0
+    }
+
+    /// The pairing order: `emitted_at`, ties by position. Positions are
+    /// unique in a stream, so this is a total order and arrival order can
+    /// never change the result.
+    pub fn order(&self) -> (i64, u32, u64) {
+        (self.secs, self.nanos_flag & !START_FLAG, self.position)
+    }
+}
+
+/// Whether an entry kind opens or closes an interval, and its family.
+pub fn classify(kind: Kind) -> (Family, bool) {
+    match kind {
+        Kind::VmComputeStart => (Family::VmCompute, true),
+        Kind::VmComputeStop => (Family::VmCompute, false),
+        Kind::VmStorageStart => (Family::VmStorage, true),
+        Kind::VmStorageStop => (Family::VmStorage, false),
+        Kind::SnapStorageStart => (Family::SnapStorage, true),
+        Kind::SnapStorageStop => (Family::SnapStorage, false),
+    }
+}
+
+/// The id an entry is paired by: `vm_id` for the VM families, `snapshot_id`
+/// for snapshots.
+pub fn id_of(family: Family, entry: &Entry) -> &str {
+    match family {
+        Family::VmCompute | Family::VmStorage => &entry.vm_id,
+        Family::SnapStorage => &entry.snapshot_id,
+    }
+}
+
+/// Strings stored once and referred to by index (hypervisor names: a few
+/// distinct values over millions of records).
+#[derive(Debug, Default)]
+pub struct Interner {
+    index: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+// === impl Interner ===
+
+impl Interner {
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        // More than 2³² distinct names cannot fit in memory anyway.
+        let i = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.into());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    pub fn name(&self, i: u32) -> &str {
+        self.names.get(i as usize).map_or("", |n| n)
+    }
+}
+
+/// Events grouped by (family, id). Looking an id up allocates nothing once
+/// the id is known, so a push costs one hash lookup and one `Vec` push.
+#[derive(Debug)]
+pub struct Groups<T> {
+    /// Per family (indexed by `Family::index`): id → slot in `slots`.
+    ids: [HashMap<Box<str>, usize>; 3],
+    slots: Vec<Slot<T>>,
+}
+
+/// A (family, id) and the index of its slot.
+pub type Key = (Family, Box<str>, usize);
+
+/// One (family, id): its events and whatever the owner seeds it with.
+#[derive(Debug)]
+pub struct Slot<T> {
+    pub events: Vec<Event>,
+    pub seed: Option<T>,
+}
+
+// === impl Groups ===
+
+// Not derived: a derive would demand `T: Default`.
+impl<T> Default for Groups<T> {
+    fn default() -> Self {
+        Groups {
+            ids: Default::default(),
+            slots: Vec::new(),
+        }
+    }
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            events: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl<T> Groups<T> {
+    pub fn slot(&mut self, family: Family, id: &str) -> &mut Slot<T> {
+        let ids = &mut self.ids[family.index()];
+        let i = match ids.get(id) {
+            Some(&i) => i,
+            None => {
+                let i = self.slots.len();
+                ids.insert(id.into(), i);
+                self.slots.push(Slot::default());
+                i
+            }
+        };
+        &mut self.slots[i]
+    }
+
+    /// Every (family, id) with its slot index, ordered by family, then id
+    /// (byte order): the order of the answer.
+    pub fn into_sorted(self) -> (Vec<Key>, Vec<Slot<T>>) {
+        let mut keys = Vec::with_capacity(self.slots.len());
+        for (family, ids) in Family::ALL.into_iter().zip(self.ids) {
+            let mut ids: Vec<_> = ids.into_iter().collect();
+            ids.sort_unstable();
+            keys.extend(ids.into_iter().map(|(id, i)| (family, id, i)));
+        }
+        (keys, self.slots)
+    }
+}
