@@ -170,14 +170,15 @@ def table_scaling(raw):
     for r in rows(raw, "scaling"):
         body.append([
             r["ledger"], f1(r.get("ledger_bytes", 0) / 1e6), f0(r.get("ledger_entries")),
-            f1(r.get("startup_ms")), mib(r.get("idle_rss_kib")),
+            f1(r.get("first_start_ms")), f1(r.get("startup_ms")), mib(r.get("idle_rss_kib")),
             f0(r.get("h2_emit_rps")), f0(r.get("ids_emit_rps")), f2(r.get("ids_p99_ms")),
             mib(r.get("hwm_kib")),
         ])
     if body:
         parts.append(
             "### Scaling with ledger size (fsync never, 64 concurrent calls)\n\n"
-            + md(["ledger", "entries.jsonl MB", "entries", "startup to SERVING ms",
+            + md(["ledger", "entries MB", "ids in the window",
+                  "first start ms (seals the old file once)", "restart to SERVING ms",
                   "idle VmRSS MiB", "Emit req/s (h2load, no id)",
                   "Emit calls/s (load, unique ids: dedupe)", "p99 ms (ids)",
                   "peak VmHWM MiB"], body))

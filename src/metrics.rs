@@ -76,6 +76,7 @@ pub struct Metrics {
     pub dead_lettered: Family<ForwardLabels, Counter>,
     pub quarantined: Family<ForwardLabels, Counter>,
     pub collector_status: Family<SinkLabels, Gauge>,
+    pub sink_healthy: Family<SinkLabels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -107,8 +108,14 @@ impl Metrics {
             dead_lettered: Family::default(),
             quarantined: Family::default(),
             collector_status: Family::default(),
+            sink_healthy: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "sink_healthy",
+            "1 while a sink takes writes, 0 while it fails (probed every second)",
+            m.sink_healthy.clone(),
+        );
         registry.register(
             "requests",
             "Finished RPCs by method and gRPC status code",

@@ -217,6 +217,19 @@ pub(crate) fn scan(
     stop_at_unreadable: bool,
     commits: &[Commit],
 ) -> io::Result<Scanned> {
+    scan_with(data, len, key_of, None, stop_at_unreadable, commits)
+}
+
+/// [`scan`], reading the keys of lines that end at or before `trusted.1`
+/// with the faster `trusted.0` (lines the log wrote and committed itself).
+pub(crate) fn scan_with(
+    data: &File,
+    len: u64,
+    key_of: KeyOf,
+    trusted: Option<(KeyOf, u64)>,
+    stop_at_unreadable: bool,
+    commits: &[Commit],
+) -> io::Result<Scanned> {
     let mut lines = super::lines::Lines::new(data, 0, len);
     let mut s = Scanned {
         count: 0,
@@ -227,7 +240,11 @@ pub(crate) fn scan(
     };
     let mut commits_ok = true;
     while let Some((offset, line)) = lines.next_line()? {
-        match key_of(line) {
+        let read_key = match trusted {
+            Some((fast, upto)) if offset + line.len() as u64 <= upto => fast,
+            _ => key_of,
+        };
+        match read_key(line) {
             Ok(Some(k)) => s.keyed.push((keys::hash(&k), offset)),
             Ok(None) => {}
             Err(Unreadable) if stop_at_unreadable => break,

@@ -498,7 +498,16 @@ fn open_active(
     // A file that is not regular (a device, in failure tests) is not inspected.
     let (count, len, keyed) = if meta.is_file() {
         let len = meta.len();
-        let scanned = index::scan(&data, len, config.key_of, true, &commits)?;
+        // Lines under a commit record were written and synced by the log
+        // itself: their keys are read the fast way. The commits are checked
+        // against the lines as the scan goes; if they disagree, every line
+        // is read again the careful way.
+        let claimed = commits.last().map_or(0, |c| c.end_offset);
+        let trusted = config.trusted_key_of.map(|f| (f, claimed));
+        let mut scanned = index::scan_with(&data, len, config.key_of, trusted, true, &commits)?;
+        if trusted.is_some() && scanned.valid_commits < commits.len() {
+            scanned = index::scan(&data, len, config.key_of, true, &commits)?;
+        }
         cut(names, &data, scanned.end, len)?;
         // Keep the commits that agree with the lines; the rest describe
         // data that did not survive.

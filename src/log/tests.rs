@@ -58,6 +58,7 @@ fn config(dir: &Path) -> LogConfig {
         retention: None,
         retention_bytes: None,
         key_of,
+        trusted_key_of: None,
     }
 }
 

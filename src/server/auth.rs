@@ -98,7 +98,10 @@ fn refuse(req: &Request<()>, why: &str) -> Status {
             code: code_name(tonic::Code::Unauthenticated),
         })
         .inc();
-    tracing::warn!(rpc, "refused: {why}");
+    // Once per episode, with counts: a client looping on a bad token must
+    // not fill the log.
+    static REFUSED: super::quiet::Quiet = super::quiet::Quiet::new("bad or missing token");
+    REFUSED.refused(&format_args!("{rpc}: {why}"));
     Status::unauthenticated(why)
 }
 

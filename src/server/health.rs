@@ -41,7 +41,7 @@ impl Health {
             if ok {
                 tracing::info!("writes succeed again; serving");
             } else {
-                tracing::warn!("writes are failing; health is NOT_SERVING until one succeeds");
+                tracing::warn!("writes are failing; health is NOT_SERVING until the sink recovers");
             }
             let this = self.clone();
             // Publish the latest value, not `ok`: transitions racing each
@@ -49,6 +49,44 @@ impl Health {
             tokio::spawn(async move {
                 let now = this.serving.load(Ordering::Acquire);
                 this.publish(now).await;
+            });
+        }
+    }
+
+    /// Follows the sinks' own health: a sink that recovers (the ledger's
+    /// writer probes a failed disk every second) turns health back to
+    /// SERVING with no client write. Each sink's change is logged once and
+    /// shown as `meterd_sink_healthy{sink}`.
+    pub(crate) fn follow(&self, sinks: Vec<crate::sink::SinkHealth>) {
+        let states: Arc<std::sync::Mutex<Vec<bool>>> =
+            Arc::new(std::sync::Mutex::new(vec![true; sinks.len()]));
+        for (i, mut sink) in sinks.into_iter().enumerate() {
+            let (this, states) = (self.clone(), states.clone());
+            tokio::spawn(async move {
+                let labels = crate::metrics::SinkLabels {
+                    sink: sink.name.clone(),
+                };
+                loop {
+                    let healthy = *sink.healthy.borrow_and_update();
+                    crate::metrics::metrics()
+                        .sink_healthy
+                        .get_or_create(&labels)
+                        .set(i64::from(healthy));
+                    let all = {
+                        let mut s = states
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let was = std::mem::replace(&mut s[i], healthy);
+                        if was != healthy && healthy {
+                            tracing::info!(sink = %sink.name, "sink takes writes again");
+                        }
+                        s.iter().all(|h| *h)
+                    };
+                    this.observe(all);
+                    if sink.healthy.changed().await.is_err() {
+                        return; // the sink is gone (shutdown)
+                    }
+                }
             });
         }
     }

@@ -24,6 +24,7 @@ mod authority;
 mod emit;
 mod health;
 mod listen;
+mod quiet;
 mod status;
 mod submit_batch;
 mod tls;
@@ -124,14 +125,21 @@ impl Shared {
         let write = self.sink.submit(records);
         let this = self.clone();
         async move {
+            // Logged once per change of state, with counts (see quiet.rs).
+            static FAILING: quiet::Quiet = quiet::Quiet::new("writes failing");
+            static FULL: quiet::Quiet = quiet::Quiet::new("sink full");
             let result = write.await;
             match &result {
-                Ok(_) => this.health.observe(true),
+                Ok(_) => {
+                    FAILING.accepted();
+                    FULL.accepted();
+                    this.health.observe(true);
+                }
                 Err(e @ SinkError::Unavailable(_)) => {
-                    tracing::warn!(sink = this.sink.name(), error = %e, "write failed");
+                    FAILING.refused(e);
                     this.health.observe(false);
                 }
-                Err(e) => tracing::warn!(sink = this.sink.name(), error = %e, "write refused"),
+                Err(e @ SinkError::Exhausted(_)) => FULL.refused(e),
             }
             result
         }
@@ -226,6 +234,7 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = health::Health::new(reporter).await;
+    health.follow(sink.health());
     let shared = Arc::new(Shared {
         sink: sink.clone(),
         limits: config.limits.clone(),

@@ -58,6 +58,10 @@ impl Sink for Fanout {
         self.sinks.iter().find_map(|s| s.relay(model_uuid))
     }
 
+    fn health(&self) -> Vec<super::SinkHealth> {
+        self.sinks.iter().flat_map(|s| s.health()).collect()
+    }
+
     fn close(&self) -> SinkFuture<()> {
         let calls: Vec<_> = self.sinks.iter().map(|s| s.close()).collect();
         Box::pin(async move { try_join_all(calls).await.map(|_| ()) })

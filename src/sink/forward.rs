@@ -262,6 +262,15 @@ impl Sink for ForwardSink {
         self.upstream.relay(model_uuid)
     }
 
+    fn health(&self) -> Vec<super::SinkHealth> {
+        match &self.spooled {
+            Some(s) => {
+                super::jsonl::ledger_health(&format!("{} spool", self.name), &s.spool.ledger)
+            }
+            None => Vec::new(),
+        }
+    }
+
     fn close(&self) -> SinkFuture<()> {
         let Some(s) = &self.spooled else {
             return Box::pin(async { Ok(()) });

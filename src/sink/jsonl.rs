@@ -86,6 +86,10 @@ impl Sink for JsonlSink {
         })
     }
 
+    fn health(&self) -> Vec<super::SinkHealth> {
+        ledger_health("jsonl", &self.ledger)
+    }
+
     fn close(&self) -> SinkFuture<()> {
         let ledger = self.ledger.clone();
         Box::pin(async move {
@@ -116,4 +120,15 @@ fn queue(
 
 fn unavailable(e: LogError) -> SinkError {
     SinkError::Unavailable(e.0)
+}
+
+/// The health of a ledger's two streams, named `NAME entries`, `NAME batches`.
+pub(crate) fn ledger_health(name: &str, ledger: &Ledger) -> Vec<super::SinkHealth> {
+    [("entries", &ledger.entries), ("batches", &ledger.batches)]
+        .into_iter()
+        .map(|(stream, log)| super::SinkHealth {
+            name: format!("{name} {stream}"),
+            healthy: log.health(),
+        })
+        .collect()
 }

@@ -56,10 +56,23 @@ pub trait Sink: Send + Sync + 'static {
         None
     }
 
+    /// What can tell whether this sink takes writes, kept current by the
+    /// sink itself (a failed ledger is probed every second), so that health
+    /// recovers with no client write. Default: nothing to watch.
+    fn health(&self) -> Vec<SinkHealth> {
+        Vec::new()
+    }
+
     /// Makes everything taken so far durable and stops. Called once at shutdown.
     fn close(&self) -> SinkFuture<()> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// One part of a sink that can fail on its own (a ledger stream, a spool).
+pub struct SinkHealth {
+    pub name: String,
+    pub healthy: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A meter status: `GREEN`, `AMBER` or `RED` (or empty) and why.

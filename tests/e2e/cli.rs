@@ -288,3 +288,48 @@ async fn sighup_seals_the_active_files_into_segments() {
     assert!(old.contains("\"id\":\"before\"") && old.lines().count() == 1);
     assert!(live.contains("\"id\":\"after\"") && live.lines().count() == 1);
 }
+
+#[test]
+fn a_retention_shorter_than_the_dedupe_window_is_refused() {
+    for cmd in ["check-config", "serve"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(meterd_bin())
+            .args([
+                cmd,
+                "--retention",
+                "1h",
+                "--dedupe-window",
+                "2h",
+                "--ledger",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--retention") && stderr.contains("--dedupe-window"),
+            "{cmd}: {stderr}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meterd_bin())
+        .args([
+            "check-config",
+            "--retention",
+            "30days",
+            "--retention-bytes",
+            "10GiB",
+            "--ledger",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("retention = \"30days\""), "{text}");
+}

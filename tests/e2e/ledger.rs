@@ -387,3 +387,92 @@ async fn ledger_files_are_private_and_the_directory_is_locked() {
         .await
         .expect("free again after shutdown");
 }
+
+/// A ledger of the previous release (one file per stream) opens as is: the
+/// first start seals it as segment 1, byte for byte, and its ids stay known.
+#[tokio::test]
+async fn a_ledger_of_the_previous_release_opens_and_keeps_deduping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old_entries = String::new();
+    for (i, (_, line)) in crate::common::vector_lines("entries").iter().enumerate() {
+        let with_id = format!("{},\"id\":\"old-{i}\"}}", line.strip_suffix('}').unwrap());
+        old_entries.push_str(&with_id);
+        old_entries.push('\n');
+    }
+    let old_batch = crate::common::vector_lines("metric_batches")
+        .into_iter()
+        .find(|(_, l)| l.starts_with('{'))
+        .unwrap()
+        .1;
+    let old_uuid = serde_json::from_str::<serde_json::Value>(&old_batch).unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(dir.path().join(ENTRIES_FILE), &old_entries).unwrap();
+    std::fs::write(dir.path().join(BATCHES_FILE), format!("{old_batch}\n")).unwrap();
+
+    let server = crate::common::Binary::start(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    let sealed = dir.path().join("entries.00000000000000000001.jsonl");
+    assert_eq!(std::fs::read_to_string(&sealed).unwrap(), old_entries);
+    let r = client
+        .emit(emit_req(vm_entry("vm-x", "old-0")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.duplicate, "an id of the old file is still known");
+    let mut again = batch(&old_uuid, "m");
+    again.model_uuid = "m".into();
+    submit_all(
+        &mut client,
+        vec![SubmitBatchRequest {
+            batches: vec![again],
+        }],
+    )
+    .await;
+    drop(server);
+    assert_eq!(entries(dir.path()).len(), old_entries.lines().count());
+    assert_eq!(
+        batches(dir.path()).len(),
+        1,
+        "the old batch uuid is not written again"
+    );
+}
+
+/// Dedupe holds across a seal, a restart, and a key index deleted by hand
+/// (it is rebuilt from its segment).
+#[tokio::test]
+async fn dedupe_survives_a_seal_a_restart_and_a_deleted_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::common::Binary::start(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    client.emit(emit_req(vm_entry("vm-1", "a"))).await.unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let keys = dir.path().join("entries.00000000000000000001.keys");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !keys.exists() {
+        assert!(std::time::Instant::now() < deadline, "no seal after SIGHUP");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    client.emit(emit_req(vm_entry("vm-1", "b"))).await.unwrap();
+    let mut server = server;
+    assert!(server.terminate().success());
+    std::fs::remove_file(&keys).unwrap();
+
+    let server = crate::common::Binary::start(dir.path(), &[]).await;
+    assert!(keys.exists(), "the index is rebuilt at start");
+    let mut client = server.client().await;
+    for id in ["a", "b"] {
+        let r = client
+            .emit(emit_req(vm_entry("vm-1", id)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.duplicate, "{id}");
+    }
+    drop(server);
+    assert_eq!(entries(dir.path()).len(), 2);
+}

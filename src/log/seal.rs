@@ -1,0 +1,224 @@
+//! Between groups, the writer seals the active file into a segment, lets
+//! retention delete old segments and releases what a spool delivered. The
+//! order of each step is what makes a crash at any point recoverable: see
+//! `open.rs` for how each intermediate state is finished or undone.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::index::SealedKeys;
+use super::keys::{self, KeyIndex, Summary};
+use super::names::{DATA, KEYS, TIMES};
+use super::open::{self, Active, Sealed};
+use super::times;
+use super::writer::Writer;
+use super::{annotate, now_nanos, sync_dir, ActiveMeta};
+
+// === impl Writer ===
+
+impl Writer {
+    pub(super) fn maybe_seal(&mut self) {
+        let Some(st) = &self.state else { return };
+        if st.active.count == 0 {
+            return;
+        }
+        let oldest = st
+            .meta
+            .commits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .map_or(i64::MAX, |c| c.received);
+        let age = u64::try_from(now_nanos().saturating_sub(oldest)).unwrap_or(0);
+        let too_old = u128::from(age) >= self.config.segment_max_age.as_nanos();
+        if st.active.len >= self.config.segment_max_bytes || too_old {
+            if let Err(e) = self.seal() {
+                self.failed("seal", e);
+            }
+        }
+    }
+
+    /// Seals the active file into a segment and starts a new one.
+    pub(super) fn seal(&mut self) -> io::Result<()> {
+        self.sync()?;
+        let names = self.shared.names.clone();
+        let window = self.window();
+        let Some(st) = &mut self.state else {
+            return Err(io::Error::other("log is not open"));
+        };
+        if st.active.count == 0 {
+            return Ok(());
+        }
+        let (first, count, len) = (st.active.first, st.active.count, st.active.len);
+        let commits = st
+            .meta
+            .commits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let summary = Summary {
+            first,
+            count,
+            data_len: len,
+            received_min: commits.first().map_or(0, |c| c.received),
+            received_max: commits.last().map_or(0, |c| c.received),
+            tail_hash: keys::tail_hash(&st.active.data, len)?,
+        };
+        let mut entries = st.active.keys.entries(&commits);
+        // Derived and written first: a crash before the renames below leaves
+        // an index without data, which the next open deletes.
+        keys::write(&names.sealed(first, KEYS), &summary, &mut entries)?;
+        sync_dir(&names.dir)?;
+        // The times file moves first, then the data: an open that finds the
+        // newest segment's times without its data finishes the rename.
+        let rename = |from: std::path::PathBuf, to: std::path::PathBuf| {
+            std::fs::rename(&from, &to).map_err(|e| annotate(e, "rename", &from))
+        };
+        rename(names.active_times(), names.sealed(first, TIMES))?;
+        rename(names.active_data(), names.sealed(first, DATA))?;
+        let next = first + count;
+        open::write_times(&names.active_times(), next, &[], now_nanos())?;
+        let data = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600)
+            .open(names.active_data())
+            .map_err(|e| annotate(e, "create", &names.active_data()))?;
+        sync_dir(&names.dir)?;
+        let times = OpenOptions::new()
+            .append(true)
+            .open(names.active_times())
+            .map_err(|e| annotate(e, "open", &names.active_times()))?;
+
+        let in_window = summary.received_max >= now_nanos().saturating_sub(window);
+        let keys = if in_window {
+            let index = KeyIndex::open(&names.sealed(first, KEYS))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
+            let sealed_data = File::open(names.sealed(first, DATA))?;
+            Some(SealedKeys {
+                index,
+                data: sealed_data,
+            })
+        } else {
+            None
+        };
+        let bytes_before = st.meta.bytes_before;
+        st.sealed.push(Sealed {
+            summary,
+            bytes_before,
+            keys,
+        });
+        let data = Arc::new(data);
+        st.meta = Arc::new(ActiveMeta {
+            first: next,
+            data: data.clone(),
+            commits: RwLock::new(Vec::new()),
+            bytes_before: bytes_before + len,
+        });
+        st.active = Active {
+            first: next,
+            data,
+            times,
+            count: 0,
+            len: 0,
+            times_len: times::RECORD as u64,
+            commits: Vec::new(),
+            keys: Default::default(),
+        };
+        self.publish();
+        tracing::debug!(
+            stream = self.config.stream,
+            first,
+            count,
+            bytes = len,
+            "sealed a segment"
+        );
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segments that retention lets go, never one
+    /// holding a record inside the dedupe window.
+    pub(super) fn retain(&mut self, now: i64) -> io::Result<()> {
+        let (age, bytes) = (self.config.retention, self.config.retention_bytes);
+        if age.is_none() && bytes.is_none() {
+            return Ok(());
+        }
+        let cutoff = now.saturating_sub(self.window());
+        let age_cutoff =
+            age.map(|a| now.saturating_sub(i64::try_from(a.as_nanos()).unwrap_or(i64::MAX)));
+        let mut deleted = false;
+        while let Some(st) = &self.state {
+            let Some(oldest) = st.sealed.first() else {
+                break;
+            };
+            let total = st.meta.bytes_before + st.active.len - oldest.bytes_before;
+            let too_old = age_cutoff.is_some_and(|c| oldest.summary.received_max < c);
+            let too_big = bytes.is_some_and(|b| total > b);
+            if !too_old && !too_big {
+                self.retention_blocked = false;
+                break;
+            }
+            if oldest.summary.received_max >= cutoff {
+                if !self.retention_blocked {
+                    tracing::warn!(stream = self.config.stream, total_bytes = total, "over --retention-bytes, but the oldest segment holds records inside the dedupe window; keeping it");
+                    self.retention_blocked = true;
+                }
+                break;
+            }
+            self.delete_oldest()?;
+            deleted = true;
+        }
+        if deleted {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    fn delete_oldest(&mut self) -> io::Result<()> {
+        let names = self.shared.names.clone();
+        let Some(st) = &mut self.state else {
+            return Ok(());
+        };
+        if st.sealed.is_empty() {
+            return Ok(());
+        }
+        let s = st.sealed.remove(0);
+        let first = s.summary.first;
+        // Data first: index and times files left without data by a crash
+        // are deleted at the next open.
+        for ext in [DATA, KEYS, TIMES] {
+            let path = names.sealed(first, ext);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(annotate(e, "delete", &path)),
+            }
+        }
+        tracing::debug!(
+            stream = self.config.stream,
+            first,
+            count = s.summary.count,
+            "deleted a segment"
+        );
+        Ok(())
+    }
+
+    /// Spools: deletes the sealed segments whose records are all delivered.
+    pub(super) fn release(&mut self, upto: u64) -> io::Result<()> {
+        let mut deleted = false;
+        while let Some(s) = self.state.as_ref().and_then(|st| st.sealed.first()) {
+            if s.summary.first + s.summary.count - 1 > upto {
+                break;
+            }
+            self.delete_oldest()?;
+            deleted = true;
+        }
+        if deleted {
+            self.publish();
+        }
+        Ok(())
+    }
+}
