@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod active;
 #[doc(hidden)]
 pub mod fuzz;
 mod index;
@@ -35,6 +36,7 @@ mod names;
 mod open;
 mod reader;
 mod seal;
+mod segment;
 mod snapshot;
 mod times;
 mod writer;

@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use super::index::SealedKeys;
 use super::keys::{self, KeyIndex, Summary};
 use super::names::{DATA, KEYS, TIMES};
-use super::open::{self, Active, Sealed};
+use super::open::{Active, Sealed};
 use super::times;
 use super::writer::Writer;
 use super::{annotate, now_nanos, sync_dir, ActiveMeta};
@@ -79,7 +79,7 @@ impl Writer {
         rename(names.active_times(), names.sealed(first, TIMES))?;
         rename(names.active_data(), names.sealed(first, DATA))?;
         let next = first + count;
-        open::write_times(&names.active_times(), next, &[], now_nanos())?;
+        super::segment::write_times(&names.active_times(), next, &[], now_nanos())?;
         let data = OpenOptions::new()
             .create(true)
             .append(true)

@@ -248,7 +248,7 @@ async fn a_hash_match_is_confirmed_against_the_stored_key() {
         .unwrap()
         .unwrap();
     let len = data.metadata().unwrap().len();
-    open::write_keys(
+    segment::write_keys(
         &names,
         &data,
         1,
@@ -345,7 +345,7 @@ async fn a_seal_interrupted_at_any_step_is_finished_or_undone() {
         let t = times::read(&n.active_times()).unwrap().unwrap();
         let keyed = [(keys::hash("a"), 0), (keys::hash("b"), len / 2)];
         if step >= 1 {
-            open::write_keys(&n, &data, 1, 2, len, &t.commits, &keyed).unwrap();
+            segment::write_keys(&n, &data, 1, 2, len, &t.commits, &keyed).unwrap();
         }
         if step >= 2 {
             std::fs::rename(n.active_times(), n.sealed(1, names::TIMES)).unwrap();

@@ -363,7 +363,7 @@ impl Writer {
         };
         let data = File::open(names.sealed(first, DATA))?;
         let len = data.metadata()?.len();
-        s.summary = open::rebuild(&names, &self.config, &data, first, len, why)?;
+        s.summary = super::segment::rebuild(&names, &self.config, &data, first, len, why)?;
         let index = KeyIndex::open(&names.sealed(first, KEYS))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
         s.keys = Some(SealedKeys { index, data });
