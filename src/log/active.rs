@@ -7,6 +7,7 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::index::{self, ActiveKeys};
+use super::keys::{self, KeyIndex, Summary};
 use super::names::Names;
 use super::open::Active;
 use super::segment::write_times;
@@ -57,8 +58,22 @@ pub(super) fn open_active(
     };
     let meta = data.metadata()?;
     let mut rewrite = rewrite;
+    let snapshot = if meta.is_file() && !rewrite {
+        load_snapshot(names, &data, first, meta.len(), &commits)
+    } else {
+        None
+    };
+    // The snapshot describes exactly this file; it is never used twice.
+    let _ = std::fs::remove_file(names.active_keys());
     // A file that is not regular (a device, in failure tests) is not inspected.
-    let (count, len, keyed) = if meta.is_file() {
+    let (count, len, keyed) = if let Some(keyed) = snapshot {
+        let last = commits.last().copied().unwrap_or(Commit {
+            end_count: 0,
+            end_offset: 0,
+            received: 0,
+        });
+        (last.end_count, last.end_offset, keyed)
+    } else if meta.is_file() {
         let len = meta.len();
         // Lines under a commit record were written and synced by the log
         // itself: their keys are read the fast way. The commits are checked
@@ -107,7 +122,7 @@ pub(super) fn open_active(
         .open(&times_path)
         .map_err(|e| annotate(e, "open", &times_path))?;
     let times_len = times.metadata()?.len();
-    let mut keys = ActiveKeys::default();
+    let mut keys = ActiveKeys::with_capacity(keyed.len());
     for (hash, offset) in keyed {
         keys.insert_hashed(hash, offset, &data, len, config.key_of)?;
     }
@@ -121,6 +136,56 @@ pub(super) fn open_active(
         commits,
         keys,
     })
+}
+
+/// The keys of the active file from the snapshot a clean shutdown wrote,
+/// if it describes exactly this file (same first position, length and last
+/// bytes) and the receive times cover all of it; `None` means: read the file.
+fn load_snapshot(
+    names: &Names,
+    data: &File,
+    first: u64,
+    len: u64,
+    commits: &[Commit],
+) -> Option<Vec<(u64, u64)>> {
+    let path = names.active_keys();
+    let index = KeyIndex::open(&path).ok()?;
+    let s = index.summary;
+    let last = commits
+        .last()
+        .map_or((0, 0), |c| (c.end_count, c.end_offset));
+    let matches = s.first == first
+        && s.data_len == len
+        && (s.count, s.data_len) == last
+        && keys::tail_hash(data, len).ok()? == s.tail_hash;
+    if !matches {
+        return None;
+    }
+    let all = index.read_all().ok()?;
+    Some(all.into_iter().map(|k| (k.hash, k.offset)).collect())
+}
+
+/// Writes the active file's key index at a clean shutdown (see
+/// [`load_snapshot`]). Best effort: without it the next start reads the file.
+pub(super) fn save_snapshot(
+    names: &Names,
+    data: &File,
+    first: u64,
+    count: u64,
+    len: u64,
+    commits: &[Commit],
+    keys: &ActiveKeys,
+) -> io::Result<()> {
+    let summary = Summary {
+        first,
+        count,
+        data_len: len,
+        received_min: commits.first().map_or(0, |c| c.received),
+        received_max: commits.last().map_or(0, |c| c.received),
+        tail_hash: keys::tail_hash(data, len)?,
+    };
+    keys::write(&names.active_keys(), &summary, &mut keys.entries(commits))?;
+    sync_dir(&names.dir)
 }
 
 /// Cuts `data` back to `keep`, saving what is cut in `<stream>.damaged`.

@@ -43,6 +43,13 @@ pub(crate) struct ActiveKeys {
 }
 
 impl ActiveKeys {
+    pub fn with_capacity(n: usize) -> ActiveKeys {
+        ActiveKeys {
+            by_hash: HashMap::with_capacity_and_hasher(n, Default::default()),
+            collided: HashMap::new(),
+        }
+    }
+
     /// Remembers `key` at `offset`, replacing an older record of the same
     /// key. `data` is the active file, to tell a collision from the same key.
     pub fn insert(

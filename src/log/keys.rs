@@ -239,6 +239,28 @@ impl KeyIndex {
         })
     }
 
+    /// Every key of the index, checking each block. Blocking.
+    pub fn read_all(&self) -> Result<Vec<KeyEntry>, Invalid> {
+        let mut all = Vec::with_capacity(usize::try_from(self.keys_n).unwrap_or(0));
+        let mut buf = Vec::new();
+        for (block, fence) in self.fences.iter().enumerate() {
+            let start = block as u64 * self.fence_every;
+            let n = (self.keys_n - start).min(self.fence_every);
+            buf.resize(usize::try_from(n).unwrap_or(0) * ENTRY, 0);
+            self.file
+                .read_exact_at(&mut buf, self.keys_off + start * ENTRY as u64)?;
+            if crc32fast::hash(&buf) != fence.1 {
+                return Err(Invalid(format!("key block {block} checksum mismatch")));
+            }
+            all.extend(buf.chunks_exact(ENTRY).map(|e| KeyEntry {
+                hash: u64::from_le_bytes(e[0..8].try_into().unwrap_or_default()),
+                offset: u64::from_le_bytes(e[8..16].try_into().unwrap_or_default()),
+                received: i64::from_le_bytes(e[16..24].try_into().unwrap_or_default()),
+            }));
+        }
+        Ok(all)
+    }
+
     /// Bytes held in memory.
     pub fn resident_bytes(&self) -> usize {
         self.bloom.blocks.len() * 64 + self.fences.len() * 16

@@ -29,6 +29,12 @@ impl Names {
         self.dir.join(format!("{}.{TIMES}", self.stream))
     }
 
+    /// `entries.keys`: the active file's key index, written at a clean
+    /// shutdown so that the next start need not read the file.
+    pub fn active_keys(&self) -> PathBuf {
+        self.dir.join(format!("{}.{KEYS}", self.stream))
+    }
+
     /// `entries.damaged`: bytes cut from a damaged tail, kept for inspection.
     pub fn damaged(&self) -> PathBuf {
         self.dir.join(format!("{}.damaged", self.stream))

@@ -133,6 +133,7 @@ async fn positions_count_from_one_and_survive_seals_and_restarts() {
             "entries.00000000000000000001.keys",
             "entries.00000000000000000001.times",
             "entries.jsonl",
+            "entries.keys",
             "entries.times"
         ]
     );
@@ -461,5 +462,41 @@ async fn a_line_of_any_length_is_read_whole() {
     );
     assert_eq!(first[0].line, big.as_bytes());
     assert_eq!(r.read(10, 1024).unwrap()[0].position, 2);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_leaves_a_key_snapshot_that_the_next_start_uses_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let log = open(&cfg).await;
+    append(
+        &log,
+        vec![rec(Some("a"), 1), rec(None, 2), rec(Some("b"), 3)],
+    )
+    .await;
+    log.close().await.unwrap();
+    let snapshot = dir.path().join("entries.keys");
+    assert!(snapshot.exists());
+    let log = open(&cfg).await;
+    assert!(!snapshot.exists(), "used once, then removed");
+    assert_eq!(
+        append(&log, vec![rec(Some("a"), 4), rec(Some("c"), 5)]).await,
+        [Appended::Duplicate, Appended::Written(4)]
+    );
+    log.close().await.unwrap();
+
+    // A snapshot that does not describe the file (here: the file grew
+    // behind it) is ignored; the file is read instead.
+    let stale = std::fs::read(&snapshot).unwrap();
+    let log = open(&cfg).await;
+    append(&log, vec![rec(Some("d"), 6)]).await;
+    log.close().await.unwrap();
+    std::fs::write(&snapshot, stale).unwrap();
+    let log = open(&cfg).await;
+    assert_eq!(
+        append(&log, vec![rec(Some("d"), 7), rec(Some("c"), 8)]).await,
+        [Appended::Duplicate, Appended::Duplicate]
+    );
     log.close().await.unwrap();
 }

@@ -177,7 +177,11 @@ impl Writer {
                 self.maybe_seal();
             }
             if let Some(reply) = close {
-                let _ = reply.send(self.sync().map_err(|e| LogError(e.to_string())));
+                let result = self.sync().map_err(|e| LogError(e.to_string()));
+                if result.is_ok() {
+                    self.save_snapshot();
+                }
+                let _ = reply.send(result);
                 return;
             }
         }
@@ -405,6 +409,31 @@ impl Writer {
         let end = st.active.first + st.active.count - 1;
         self.shared.end.send_replace(end);
         Ok(())
+    }
+
+    /// At a clean shutdown: the active file's keys, so that the next start
+    /// need not read the file to rebuild them.
+    fn save_snapshot(&self) {
+        let Some(st) = &self.state else { return };
+        if !st.active.data.metadata().is_ok_and(|m| m.is_file()) {
+            return;
+        }
+        let commits = st
+            .meta
+            .commits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = super::active::save_snapshot(
+            &self.shared.names,
+            &st.active.data,
+            st.active.first,
+            st.active.count,
+            st.active.len,
+            &commits,
+            &st.active.keys,
+        ) {
+            tracing::debug!(stream = self.config.stream, error = %e, "no key snapshot; the next start reads the active file");
+        }
     }
 
     pub(super) fn sync(&mut self) -> io::Result<()> {
