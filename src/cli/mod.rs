@@ -181,6 +181,9 @@ pub struct ServeArgs {
     /// Most batches in one SubmitBatch request.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_batches_per_request, env = "METERD_MAX_BATCHES_PER_REQUEST")]
     pub max_batches_per_request: usize,
+    /// Most entries in one EmitBatch request; more and the whole call gets INVALID_ARGUMENT naming entries.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_entries_per_request, env = "METERD_MAX_ENTRIES_PER_REQUEST")]
+    pub max_entries_per_request: usize,
     /// Most metrics in one batch.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_metrics_per_batch, env = "METERD_MAX_METRICS_PER_BATCH")]
     pub max_metrics_per_batch: usize,

@@ -119,6 +119,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                 max_id_len: args.max_id_len,
                 max_string_len: args.max_string_len,
                 max_batches_per_request: args.max_batches_per_request,
+                max_entries_per_request: args.max_entries_per_request,
                 max_metrics_per_batch: args.max_metrics_per_batch,
                 max_labels_per_metric: args.max_labels_per_metric,
                 max_credential_bytes: args.max_credential_bytes,

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod crash;
 mod emit;
+mod emit_batch;
 mod faults;
 mod forward;
 mod grpcurl;
