@@ -14,29 +14,14 @@ use std::sync::{Mutex, PoisonError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::deliver::{Decision, Done, Pipeline};
 use super::jsonl::JsonlSink;
 use super::{Outcome, Record, Sink, SinkError, SinkFuture};
 use crate::ledger::LedgerConfig;
 use crate::metrics::{metrics, ForwardLabels};
 use crate::spool::{Spool, Stream};
 
-/// The upstream's answer for one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Recorded upstream.
-    Acked,
-    /// The upstream already had it.
-    Duplicate,
-    /// Refused for good (invalid there); never re-sent.
-    Rejected(String),
-    /// Not acknowledged this time; send again later.
-    Retry,
-}
-
-/// The whole call failed (unreachable, timed out, malformed answer).
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UpstreamError(pub String);
+pub use super::verdict::{UpstreamError, Verdict};
 
 pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, UpstreamError>> + Send>>;
 
@@ -79,6 +64,12 @@ pub struct ForwardOptions {
     pub retry_max: Duration,
     /// Timeout of one upstream call.
     pub timeout: Duration,
+    /// Requests in flight at once per spool file (1 keeps the upstream's
+    /// order exactly the spool's).
+    pub in_flight: usize,
+    /// CA certificates (PEM) trusted by `grpc=https://` sinks, beside the
+    /// system and webpki roots.
+    pub grpc_ca_file: Option<std::path::PathBuf>,
     /// Credential for the upstream (bearer token, NATS token).
     pub token: Option<String>,
     pub http: super::http::HttpOptions,
@@ -153,6 +144,7 @@ impl ForwardSink {
                 spool.clone(),
                 upstream.clone(),
                 options.retry_max,
+                options.in_flight,
             )
             .await?;
             forwarders.push(tokio::spawn(f.run(stop.clone())));
@@ -271,8 +263,9 @@ struct Forwarder {
     cursor: u64,
     backoff: Backoff,
     labels: ForwardLabels,
-    /// Whether the last attempt reached the upstream; logs say only when this flips.
-    up: bool,
+    retry_max: Duration,
+    /// Requests in flight at once.
+    in_flight: usize,
 }
 
 // === impl Forwarder ===
@@ -284,6 +277,7 @@ impl Forwarder {
         spool: Arc<Spool>,
         upstream: Arc<dyn Upstream>,
         retry_max: Duration,
+        in_flight: usize,
     ) -> std::io::Result<Forwarder> {
         let s = spool.clone();
         let (cursor, backlog) = tokio::task::spawn_blocking(move || {
@@ -316,23 +310,49 @@ impl Forwarder {
             cursor,
             backoff: Backoff::new(retry_max),
             labels,
-            up: true,
+            retry_max,
+            in_flight,
         })
     }
 
     async fn run(mut self, stop: CancellationToken) {
+        let mut pipeline = Pipeline::new(
+            self.upstream.clone(),
+            self.in_flight,
+            self.retry_max,
+            self.name.clone(),
+            self.labels.clone(),
+        );
+        // Windows are read ahead of the cursor while earlier ones are in
+        // flight; the cursor moves only as windows finish, in order.
+        let mut read_at = self.cursor;
         while !stop.is_cancelled() {
             let journal = self.spool.journal(self.stream);
             let len = journal.durable_len();
             self.publish_backlog(len);
-            if self.cursor < len {
-                if !self.deliver_window(&stop).await {
+            if read_at < len && pipeline.wants_more() {
+                match self.read_window(read_at).await {
+                    Some(window) => {
+                        read_at = window.end;
+                        pipeline.push(window.records, window.end);
+                    }
+                    None if !self.pause(&stop).await => return,
+                    None => {}
+                }
+            } else if !pipeline.is_empty() {
+                let Some(done) = pipeline.next(&stop).await else {
                     return; // stopping: the rest stays spooled
+                };
+                if !self.finish(done, &stop).await {
+                    return;
                 }
             } else if len > 0 {
                 let cursor_path = self.spool.cursor_path(self.stream);
                 match journal.compact(self.cursor, cursor_path).await {
-                    Ok(true) => self.cursor = 0,
+                    Ok(true) => {
+                        self.cursor = 0;
+                        read_at = 0;
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::error!(sink = %self.name, error = %e, "spool compaction failed")
@@ -362,19 +382,18 @@ impl Forwarder {
         }
     }
 
-    /// Reads one window and delivers it until every record has a final
-    /// answer, then moves the cursor past it. Returns false when stopped.
-    async fn deliver_window(&mut self, stop: &CancellationToken) -> bool {
-        let (spool, stream, from) = (self.spool.clone(), self.stream, self.cursor);
+    /// Reads one window from `from`; `None` when reading failed (logged).
+    async fn read_window(&mut self, from: u64) -> Option<crate::spool::Window> {
+        let (spool, stream) = (self.spool.clone(), self.stream);
         let window = match tokio::task::spawn_blocking(move || spool.read(stream, from)).await {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => {
                 tracing::error!(sink = %self.name, error = %e, "reading the spool failed");
-                return self.pause(stop).await;
+                return None;
             }
             Err(e) => {
                 tracing::error!(sink = %self.name, error = %e, "spool reader failed");
-                return self.pause(stop).await;
+                return None;
             }
         };
         let m = metrics();
@@ -394,58 +413,30 @@ impl Forwarder {
                 .get_or_create(&self.labels)
                 .set(age);
         }
+        Some(window)
+    }
 
-        let mut pending: Vec<Record> = window.records;
-        while !pending.is_empty() {
-            let batch: Arc<[Record]> = pending.into();
-            match self.upstream.deliver(batch.clone()).await {
-                Ok(verdicts) if verdicts.len() == batch.len() => {
-                    self.reached(true);
-                    let mut retry = Vec::new();
-                    for (record, verdict) in batch.iter().zip(verdicts) {
-                        match verdict {
-                            Verdict::Acked | Verdict::Duplicate => self.done(&m.delivered),
-                            Verdict::Rejected(why) => {
-                                tracing::warn!(sink = %self.name, key = ?record.key, reason = %why, "upstream rejected a record; moved to dead-letter.jsonl");
-                                if let Err(e) = self.spool.dead_letter(record, &why) {
-                                    tracing::error!(sink = %self.name, error = %e, "writing the dead-letter file failed");
-                                    retry.push(record.clone());
-                                    continue;
-                                }
-                                self.done(&m.dead_lettered);
-                            }
-                            Verdict::Retry => retry.push(record.clone()),
+    /// Records a finished window's answers (dead-letters first, so that a
+    /// refused record is never lost) and moves the cursor past it. Returns
+    /// false when stopped before that could be done.
+    async fn finish(&mut self, done: Done, stop: &CancellationToken) -> bool {
+        let m = metrics();
+        for (record, decision) in done.records.iter().zip(&done.decisions) {
+            match decision {
+                Decision::Delivered => self.done(&m.delivered),
+                Decision::DeadLetter(why) => {
+                    while let Err(e) = self.spool.dead_letter(record, why) {
+                        tracing::error!(sink = %self.name, error = %e, "writing the dead-letter file failed");
+                        if !self.pause(stop).await {
+                            return false;
                         }
                     }
-                    pending = retry;
-                    if !pending.is_empty() && !self.pause(stop).await {
-                        return false;
-                    }
-                    if pending.is_empty() {
-                        self.backoff.reset();
-                    }
-                }
-                Ok(verdicts) => {
-                    self.reached(false);
-                    tracing::error!(sink = %self.name, sent = batch.len(), answered = verdicts.len(), "upstream answered for a different number of records; retrying");
-                    pending = batch.iter().cloned().collect();
-                    if !self.pause(stop).await {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    if self.up {
-                        tracing::warn!(sink = %self.name, error = %e, "upstream unreachable; records stay spooled and are retried");
-                    }
-                    self.reached(false);
-                    pending = batch.iter().cloned().collect();
-                    if !self.pause(stop).await {
-                        return false;
-                    }
+                    self.done(&m.dead_lettered);
                 }
             }
         }
-        self.cursor = window.end;
+        self.backoff.reset();
+        self.cursor = done.end;
         let (spool, stream, cursor) = (self.spool.clone(), self.stream, self.cursor);
         match tokio::task::spawn_blocking(move || spool.store_cursor(stream, cursor)).await {
             Ok(Ok(())) => {}
@@ -472,13 +463,6 @@ impl Forwarder {
         metrics().backlog_records.get_or_create(&self.labels).dec();
     }
 
-    fn reached(&mut self, up: bool) {
-        if up && !self.up {
-            tracing::info!(sink = %self.name, stream = self.stream.name(), "upstream reachable again; delivering the backlog");
-        }
-        self.up = up;
-    }
-
     /// Waits before the next attempt; false when stopped meanwhile.
     async fn pause(&mut self, stop: &CancellationToken) -> bool {
         metrics().retries.get_or_create(&self.labels).inc();
@@ -492,7 +476,7 @@ impl Forwarder {
 /// Capped exponential backoff with full jitter: attempt n waits a random
 /// time in [0, min(max, 100 ms * 2^n)], so that many sidecars retrying the
 /// same upstream spread out.
-struct Backoff {
+pub(super) struct Backoff {
     attempt: u32,
     max: Duration,
 }
@@ -500,11 +484,11 @@ struct Backoff {
 impl Backoff {
     const INITIAL: Duration = Duration::from_millis(100);
 
-    fn new(max: Duration) -> Self {
+    pub(super) fn new(max: Duration) -> Self {
         Backoff { attempt: 0, max }
     }
 
-    fn next(&mut self) -> Duration {
+    pub(super) fn next(&mut self) -> Duration {
         let ceiling = Self::INITIAL
             .saturating_mul(1u32 << self.attempt.min(20))
             .min(self.max);
@@ -514,7 +498,7 @@ impl Backoff {
             .max(Duration::from_millis(10))
     }
 
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.attempt = 0;
     }
 }

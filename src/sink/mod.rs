@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::record::{Entry, MetricBatch};
 
 pub mod capture;
+mod deliver;
 pub mod fanout;
 pub mod forward;
 pub mod grpc;
@@ -16,6 +17,7 @@ pub mod jsonl;
 pub mod nats;
 pub mod nop;
 pub mod stderr;
+pub mod verdict;
 
 /// A validated record, encoded once (Go-compatible JSON line) at the edge so
 /// that every sink writes the same bytes and no sink encodes under a lock.
@@ -307,13 +309,17 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
             let options = &config.forward;
             let upstream: Arc<dyn forward::Upstream> = match kind.as_str() {
                 "grpc" => {
-                    let addr: crate::server::ListenAddr =
+                    let target: grpc::Target =
                         target.parse().map_err(|e| format!("sink {spec}: {e}"))?;
-                    Arc::new(grpc::GrpcUpstream::new(
-                        &addr,
-                        options.timeout,
-                        options.token.as_deref(),
-                    )?)
+                    Arc::new(
+                        grpc::GrpcUpstream::new(
+                            &target,
+                            options.timeout,
+                            options.token.as_deref(),
+                            options.grpc_ca_file.as_deref(),
+                        )
+                        .map_err(|e| format!("sink {spec}: {e}"))?,
+                    )
                 }
                 "http" => Arc::new(http::HttpUpstream::new(
                     spec.to_string(),
