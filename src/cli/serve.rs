@@ -26,7 +26,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             match kind.as_str() {
                 "grpc" => {
                     target
-                        .parse::<server::ListenAddr>()
+                        .parse::<sink::grpc::Target>()
                         .map_err(|e| format!("sink {spec}: {e}"))?;
                 }
                 "nats" => {}
@@ -36,6 +36,9 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                 _ => return Err(format!("sink {kind} is not available in this version")),
             }
         }
+    }
+    if let Some(path) = &args.grpc_ca_file {
+        sink::grpc::read_ca(path)?;
     }
     if let Some(url) = &args.http_entries_url {
         sink::http::check_url("--http-entries-url", url)?;
@@ -89,6 +92,8 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         max_spool_bytes: u64::try_from(args.spool_max_bytes).unwrap_or(0),
         retry_max: args.forward_retry_max,
         timeout: args.upstream_timeout,
+        in_flight: args.forward_in_flight as usize,
+        grpc_ca_file: args.grpc_ca_file.clone(),
         token,
         http: HttpOptions {
             entries_url: args.http_entries_url.clone(),
