@@ -115,7 +115,7 @@ async fn try_connect(addr: SocketAddr) -> Result<Client, tonic::transport::Error
     Ok(meterd::pb::metering_service_client::MeteringServiceClient::new(ch))
 }
 
-fn counts(lines: &[String], field: &str) -> HashMap<String, usize> {
+pub(crate) fn counts(lines: &[String], field: &str) -> HashMap<String, usize> {
     let mut c = HashMap::new();
     for l in lines {
         let v: serde_json::Value =
@@ -128,7 +128,7 @@ fn counts(lines: &[String], field: &str) -> HashMap<String, usize> {
 }
 
 /// The sidecar's spool directory for a grpc upstream at `upstream`.
-fn spool_dir(sidecar_ledger: &Path, upstream: SocketAddr) -> PathBuf {
+pub(crate) fn spool_dir(sidecar_ledger: &Path, upstream: SocketAddr) -> PathBuf {
     sidecar_ledger
         .join("spool")
         .join(meterd::sink::forward::spool_name(
@@ -137,7 +137,7 @@ fn spool_dir(sidecar_ledger: &Path, upstream: SocketAddr) -> PathBuf {
         ))
 }
 
-fn file_len(path: PathBuf) -> u64 {
+pub(crate) fn file_len(path: PathBuf) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
@@ -292,6 +292,9 @@ async fn a_full_spool_refuses_new_records_then_drains() {
             "64KiB",
             "--forward-retry-max",
             "200ms",
+            // The order is asserted below: one request at a time.
+            "--forward-in-flight",
+            "1",
         ],
     )
     .await;

@@ -15,12 +15,12 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::common::{emit_req, entries, free_port, meterd_bin, vm_entry, Binary};
 
 /// A CA and its PEM certificate.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,7 +48,7 @@ fn leaf(ca: &Ca, client: bool) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn write_server_cert(dir: &Path, ca: &Ca) {
+pub(crate) fn write_server_cert(dir: &Path, ca: &Ca) {
     let (cert, key) = leaf(ca, false);
     std::fs::write(dir.join("server.pem"), cert).unwrap();
     std::fs::write(dir.join("server.key"), key).unwrap();
