@@ -180,6 +180,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         Arc::new(Fanout::new(sinks))
     };
 
+    let shutdown = shutdown_signal();
     let mut listeners = Vec::new();
     for addr in &args.listen {
         let l = Listener::bind(addr, args.unix_mode)
@@ -207,7 +208,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config.auth.clone(),
         sink.clone(),
     ));
-    let result = server::run(listeners, config, sink, shutdown_signal()).await;
+    let result = server::run(listeners, config, sink, shutdown).await;
     stop_metrics.cancel();
     result
 }
@@ -241,18 +242,24 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a SIGTERM that arrives as
+/// soon as the sockets exist must end the server gracefully, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
