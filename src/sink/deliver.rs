@@ -124,6 +124,13 @@ impl Pipeline {
         self.windows.is_empty()
     }
 
+    /// The own time of the oldest record still waiting for an answer.
+    pub fn oldest(&self) -> Option<time::OffsetDateTime> {
+        let w = self.windows.front()?;
+        let i = w.decisions.iter().position(Option::is_none)?;
+        w.records.get(i).map(|r| r.time)
+    }
+
     /// Adds a window read from the spool (records in spool order, `end` the
     /// offset just past them). An empty window is done at once.
     pub fn push(&mut self, records: Vec<Record>, end: u64) {
@@ -148,6 +155,9 @@ impl Pipeline {
         loop {
             if self.windows.front().is_some_and(|w| w.open == 0) {
                 let w = self.windows.pop_front()?;
+                // The next requests go out while the caller records this
+                // window (dead letters, the cursor's sync).
+                self.start_requests();
                 return Some(Done {
                     records: w.records,
                     decisions: w.decisions.into_iter().flatten().collect(),
@@ -190,10 +200,19 @@ impl Pipeline {
             };
             chunk.in_flight = true;
             running += 1;
-            let call = self.upstream.deliver(records);
+            // A task of its own, so that the request makes progress while
+            // this pipeline is not being polled; aborted if dropped (stop).
+            let call = Running(tokio::spawn(self.upstream.deliver(records)));
             let (window, start) = (chunk.window, chunk.start);
-            self.in_flight
-                .push(Box::pin(async move { (window, start, call.await) }));
+            self.in_flight.push(Box::pin(async move {
+                let answer = match call.await {
+                    Ok(answer) => answer,
+                    Err(e) => Err(UpstreamError::transient(format!(
+                        "delivery task failed: {e}"
+                    ))),
+                };
+                (window, start, answer)
+            }));
         }
     }
 
@@ -367,6 +386,25 @@ impl Pipeline {
     }
 }
 
+/// A spawned delivery, aborted when dropped.
+struct Running(tokio::task::JoinHandle<Result<Vec<Verdict>, UpstreamError>>);
+
+impl Future for Running {
+    type Output = Result<Result<Vec<Verdict>, UpstreamError>, tokio::task::JoinError>;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `[start, start + len)` of a window cut into chunks of at most `size`.
 fn chunks_of(window: u64, start: usize, len: usize, size: usize) -> Vec<Chunk> {
     let size = size.max(1);
@@ -387,3 +425,6 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

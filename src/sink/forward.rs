@@ -346,6 +346,9 @@ impl Forwarder {
                 if !self.finish(done, &stop).await {
                     return;
                 }
+                if let Some(t) = pipeline.oldest() {
+                    self.publish_oldest(t);
+                }
             } else if len > 0 {
                 let cursor_path = self.spool.cursor_path(self.stream);
                 match journal.compact(self.cursor, cursor_path).await {
@@ -405,15 +408,21 @@ impl Forwarder {
                 .get_or_create(&self.labels)
                 .dec_by(i64::try_from(window.quarantined).unwrap_or(0));
         }
-        if let Some(first) = window.records.first() {
-            let age = (time::OffsetDateTime::now_utc() - first.time)
-                .whole_seconds()
-                .max(0);
-            m.oldest_pending_seconds
-                .get_or_create(&self.labels)
-                .set(age);
+        // Windows are read ahead: only the one at the cursor holds the
+        // oldest pending record.
+        match window.records.first() {
+            Some(first) if from == self.cursor => self.publish_oldest(first.time),
+            _ => {}
         }
         Some(window)
+    }
+
+    fn publish_oldest(&self, t: time::OffsetDateTime) {
+        let age = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+        metrics()
+            .oldest_pending_seconds
+            .get_or_create(&self.labels)
+            .set(age);
     }
 
     /// Records a finished window's answers (dead-letters first, so that a
