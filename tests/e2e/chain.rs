@@ -399,3 +399,77 @@ async fn under_load_everything_the_sidecar_acked_arrives_once() {
         started.elapsed()
     );
 }
+
+/// A meterd from before EmitBatch: Emit only.
+#[derive(Clone, Default)]
+struct OldMeterd {
+    ids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl pb::metering_service_server::MeteringService for OldMeterd {
+    async fn emit(
+        &self,
+        request: tonic::Request<pb::EmitRequest>,
+    ) -> Result<tonic::Response<pb::EmitResponse>, tonic::Status> {
+        let entry = request.into_inner().entry.unwrap_or_default();
+        let mut ids = self.ids.lock().unwrap();
+        let duplicate = ids.contains(&entry.id);
+        if !duplicate {
+            ids.push(entry.id);
+        }
+        Ok(tonic::Response::new(pb::EmitResponse {
+            duplicate,
+            emitted_at: entry.emitted_at,
+        }))
+    }
+
+    async fn emit_batch(
+        &self,
+        _: tonic::Request<EmitBatchRequest>,
+    ) -> Result<tonic::Response<pb::EmitBatchResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("unknown method EmitBatch"))
+    }
+
+    type SubmitBatchStream = tokio_stream::Empty<Result<pb::SubmitBatchResponse, tonic::Status>>;
+
+    async fn submit_batch(
+        &self,
+        _: tonic::Request<tonic::Streaming<SubmitBatchRequest>>,
+    ) -> Result<tonic::Response<Self::SubmitBatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_aggregator_without_emit_batch_gets_one_emit_per_entry() {
+    let old = OldMeterd::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = pb::metering_service_server::MeteringServiceServer::new(old.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let side_dir = tempfile::tempdir().unwrap();
+    let sink = format!("grpc={addr}");
+    let sidecar = Binary::start(
+        side_dir.path(),
+        &["--sink", &sink, "--forward-retry-max", "200ms"],
+    )
+    .await;
+    let mut client = sidecar.client().await;
+    emit_batch(&mut client, tagged_entries("old", 5)).await;
+    wait_for("the old aggregator to get all five", 20, || {
+        old.ids.lock().unwrap().len() == 5
+    })
+    .await;
+    let ids = old.ids.lock().unwrap().clone();
+    assert_eq!(ids[0], "old-0");
+    assert!(
+        ids[1].starts_with("h-"),
+        "a content id for an entry without one: {ids:?}"
+    );
+    assert!(sidecar.log_text().contains("has no EmitBatch"));
+}
