@@ -62,7 +62,8 @@ struct Chunk {
     in_flight: bool,
 }
 
-type Answer = (u64, usize, Result<Vec<Verdict>, UpstreamError>);
+/// (window, start of the chunk, epoch the request was sent in, answer).
+type Answer = (u64, usize, u64, Result<Vec<Verdict>, UpstreamError>);
 
 /// Windows being delivered, oldest first.
 pub struct Pipeline {
@@ -80,8 +81,12 @@ pub struct Pipeline {
     resume_at: Option<Instant>,
     /// After a failure: one request at a time until one is answered.
     probing: bool,
-    /// Whether the last answer came from the upstream; logs say only when this flips.
+    /// Whether the upstream answers; logs say only when this flips.
     up: bool,
+    /// Counts the flips to "down". Only an answer to a request sent in the
+    /// current epoch flips the state: with several in flight, a late answer
+    /// to one sent before an outage says nothing about now.
+    epoch: u64,
     name: String,
     labels: ForwardLabels,
 }
@@ -108,6 +113,7 @@ impl Pipeline {
             resume_at: None,
             probing: false,
             up: true,
+            epoch: 0,
             name,
             labels,
         }
@@ -167,8 +173,8 @@ impl Pipeline {
             self.start_requests();
             let resume_at = self.resume_at;
             tokio::select! {
-                Some((window, start, answer)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.apply(window, start, answer);
+                Some((window, start, epoch, answer)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.apply(window, start, epoch, answer);
                 }
                 () = sleep_until(resume_at), if resume_at.is_some() => self.resume_at = None,
                 () = stop.cancelled() => return None,
@@ -203,7 +209,7 @@ impl Pipeline {
             // A task of its own, so that the request makes progress while
             // this pipeline is not being polled; aborted if dropped (stop).
             let call = Running(tokio::spawn(self.upstream.deliver(records)));
-            let (window, start) = (chunk.window, chunk.start);
+            let (window, start, epoch) = (chunk.window, chunk.start, self.epoch);
             self.in_flight.push(Box::pin(async move {
                 let answer = match call.await {
                     Ok(answer) => answer,
@@ -211,13 +217,19 @@ impl Pipeline {
                         "delivery task failed: {e}"
                     ))),
                 };
-                (window, start, answer)
+                (window, start, epoch, answer)
             }));
         }
     }
 
     /// Applies one answer to the chunk that starts at `start` in `window`.
-    fn apply(&mut self, window: u64, start: usize, answer: Result<Vec<Verdict>, UpstreamError>) {
+    fn apply(
+        &mut self,
+        window: u64,
+        start: usize,
+        epoch: u64,
+        answer: Result<Vec<Verdict>, UpstreamError>,
+    ) {
         let Some(pos) = self
             .chunks
             .iter()
@@ -233,14 +245,15 @@ impl Pipeline {
             ))),
             other => other,
         };
+        let current = epoch == self.epoch;
         match answer {
-            Ok(verdicts) => self.answered(pos, verdicts),
-            Err(e) => self.failed(pos, e),
+            Ok(verdicts) => self.answered(pos, verdicts, current),
+            Err(e) => self.failed(pos, e, current),
         }
     }
 
-    fn answered(&mut self, pos: usize, verdicts: Vec<Verdict>) {
-        self.reached(None);
+    fn answered(&mut self, pos: usize, verdicts: Vec<Verdict>, current: bool) {
+        self.reached(None, current);
         let Some(chunk) = self.chunks.remove(pos) else {
             return;
         };
@@ -290,7 +303,7 @@ impl Pipeline {
         self.pause();
     }
 
-    fn failed(&mut self, pos: usize, e: UpstreamError) {
+    fn failed(&mut self, pos: usize, e: UpstreamError, current: bool) {
         let (window, start, len) = {
             let c = &self.chunks[pos];
             (c.window, c.start, c.len)
@@ -309,7 +322,7 @@ impl Pipeline {
             }
             Failure::TooBig | Failure::Refused(_) => {
                 if len == 1 {
-                    self.reached(None);
+                    self.reached(None, current);
                     let why = match &e.class {
                         Failure::Refused(why) => why.clone(),
                         _ => format!("too large for the upstream: {}", e.message),
@@ -331,13 +344,13 @@ impl Pipeline {
             Some(size) => {
                 // About the request, not the upstream's health: sent again
                 // at once, smaller.
-                self.reached(None);
+                self.reached(None, current);
                 for (k, c) in chunks_of(window, start, len, size).into_iter().enumerate() {
                     self.chunks.insert(pos + k, c);
                 }
             }
             None => {
-                self.reached(Some(&e));
+                self.reached(Some(&e), current);
                 self.chunks.insert(
                     pos,
                     Chunk {
@@ -361,8 +374,12 @@ impl Pipeline {
         }
     }
 
-    /// Notes whether the upstream answered (`None`) or not, logging only changes.
-    fn reached(&mut self, failure: Option<&UpstreamError>) {
+    /// Notes whether the upstream answered (`None`) or not, logging only
+    /// changes; `current`: the request was sent in the current epoch.
+    fn reached(&mut self, failure: Option<&UpstreamError>, current: bool) {
+        if !current {
+            return;
+        }
         match failure {
             None => {
                 if !self.up {
@@ -379,11 +396,76 @@ impl Pipeline {
                         "upstream unreachable; records stay spooled and are retried"
                     };
                     tracing::warn!(sink = %self.name, stream = self.labels.stream, error = %e, "{what}");
+                    self.epoch += 1;
                 }
                 self.up = false;
             }
         }
     }
+}
+
+/// Delivers records once, without retrying (pass-through mode: the client
+/// retries), but splitting a request the upstream finds too large or
+/// refuses without naming the record, as the pipeline does. A failure
+/// about the upstream fails the whole call.
+pub async fn deliver_now(
+    upstream: Arc<dyn Upstream>,
+    records: Arc<[Record]>,
+) -> Result<Vec<Verdict>, UpstreamError> {
+    let mut verdicts = vec![Verdict::Retry; records.len()];
+    // Ranges still to send, in order.
+    let mut todo = VecDeque::from([(0, records.len())]);
+    let mut limit = records.len().max(1);
+    while let Some((start, len)) = todo.pop_front() {
+        if len > limit {
+            let mut cut: VecDeque<_> = (start..start + len)
+                .step_by(limit)
+                .map(|at| (at, limit.min(start + len - at)))
+                .collect();
+            cut.extend(todo);
+            todo = cut;
+            continue;
+        }
+        let part: Arc<[Record]> = if len == records.len() {
+            records.clone()
+        } else {
+            records[start..start + len].into()
+        };
+        match upstream.deliver(part).await {
+            Ok(answer) if answer.len() == len => {
+                for (v, a) in verdicts[start..start + len].iter_mut().zip(answer) {
+                    *v = a;
+                }
+            }
+            Ok(answer) => {
+                return Err(UpstreamError::transient(format!(
+                    "upstream answered for {} of {len} records",
+                    answer.len()
+                )))
+            }
+            Err(e) => {
+                let size = match &e.class {
+                    Failure::Limit { max } if len > 1 => {
+                        max.unwrap_or(len.div_ceil(2)).clamp(1, len.div_ceil(2))
+                    }
+                    Failure::TooBig | Failure::Refused(_) if len > 1 => len.div_ceil(2),
+                    Failure::TooBig => {
+                        verdicts[start] =
+                            Verdict::Rejected(format!("too large for the upstream: {}", e.message));
+                        continue;
+                    }
+                    Failure::Refused(why) => {
+                        verdicts[start] = Verdict::Rejected(why.clone());
+                        continue;
+                    }
+                    _ => return Err(e),
+                };
+                limit = limit.min(size);
+                todo.push_front((start, len));
+            }
+        }
+    }
+    Ok(verdicts)
 }
 
 /// A spawned delivery, aborted when dropped.

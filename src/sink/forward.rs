@@ -181,7 +181,7 @@ impl Sink for ForwardSink {
         }
         let Some(s) = &self.spooled else {
             // Pass-through: the client's ack is the upstream's.
-            let call = self.upstream.deliver(records);
+            let call = super::deliver::deliver_now(self.upstream.clone(), records);
             let name = self.name.clone();
             return Box::pin(async move {
                 let verdicts = call

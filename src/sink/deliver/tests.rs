@@ -179,3 +179,43 @@ async fn stopping_leaves_the_window_unfinished() {
     stop.cancel();
     assert!(p.next(&stop).await.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn pass_through_splits_on_a_limit_and_isolates_a_refusal() {
+    let up = fake(|keys, _| {
+        if keys.len() > 3 {
+            Err(UpstreamError {
+                class: Failure::Limit { max: Some(3) },
+                message: "entries: over the limit of 3".into(),
+            })
+        } else if keys.iter().any(|k| k.ends_with("-5")) {
+            Err(UpstreamError {
+                class: Failure::Refused("entry.kind: unknown".into()),
+                message: "refused".into(),
+            })
+        } else {
+            Ok(vec![Verdict::Acked; keys.len()])
+        }
+    });
+    let verdicts = deliver_now(up.clone(), window("p", 8).into())
+        .await
+        .unwrap();
+    let mut want = vec![Verdict::Acked; 8];
+    want[5] = Verdict::Rejected("entry.kind: unknown".into());
+    assert_eq!(verdicts, want);
+    let seen = up.seen.lock().unwrap().clone();
+    let delivered: Vec<&String> = seen
+        .iter()
+        .filter(|k| k.len() <= 3 && !k.iter().any(|k| k.ends_with("-5")))
+        .flatten()
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        7,
+        "each good record delivered once: {seen:?}"
+    );
+
+    // A failure about the upstream fails the call: the client retries.
+    let down = fake(|_, _| Err(UpstreamError::transient("down")));
+    assert!(deliver_now(down, window("q", 2).into()).await.is_err());
+}
