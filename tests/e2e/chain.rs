@@ -188,7 +188,11 @@ async fn an_upstream_that_never_answers_times_out_and_the_records_arrive_once_it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = sidecar.log_text();
-    assert!(log.contains("no answer within 300ms"), "{log}");
+    // Either the connection (HTTP/2 never completes) or the call times out.
+    assert!(
+        log.contains("no answer within 300ms") || log.contains("no connection within 300ms"),
+        "{log}"
+    );
     assert_eq!(log.matches("upstream unreachable").count(), 1, "{log}");
 
     // A hanging upstream does not hold up shutdown.

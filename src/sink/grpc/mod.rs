@@ -235,6 +235,20 @@ impl GrpcUpstream {
         Box::pin(async move {
             tokio::time::timeout(timeout, call)
                 .await
+                .map(|r| {
+                    r.map_err(|e| match e.message.as_str() {
+                        // tonic's words for its connect timeout (an upstream
+                        // that accepts TCP but never completes HTTP/2).
+                        "Cancelled: Timeout expired" => UpstreamError {
+                            message: format!(
+                                "no connection within {} (--upstream-timeout)",
+                                humantime::format_duration(timeout)
+                            ),
+                            ..e
+                        },
+                        _ => e,
+                    })
+                })
                 .unwrap_or_else(|_| {
                     Err(UpstreamError {
                         class: verdict::Failure::Transient,
