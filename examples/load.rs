@@ -53,6 +53,9 @@ enum Cmd {
     GenLedger(GenArgs),
     /// Poll grpc.health.v1.Health/Check until SERVING; print the milliseconds it took.
     WaitHealth(WaitArgs),
+    /// EmitBatch a fixed number of entries into a sidecar, then wait until an
+    /// aggregator's ledger holds them all: the chain's end-to-end rate.
+    Chain(ChainArgs),
 }
 
 #[derive(Args)]
@@ -151,6 +154,28 @@ struct WaitArgs {
     since_ns: Option<u128>,
 }
 
+#[derive(Args)]
+struct ChainArgs {
+    /// The sidecar (forwarding with --sink grpc=AGGREGATOR).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: ListenAddr,
+    /// The aggregator's ledger directory, whose entries.jsonl is watched.
+    #[arg(long)]
+    aggregator_ledger: PathBuf,
+    /// Entries to send (each with a unique id).
+    #[arg(long, default_value_t = 200_000)]
+    entries: u64,
+    /// Entries per EmitBatch call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// EmitBatch calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Give up waiting for the aggregator after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
+    timeout: Duration,
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
@@ -180,6 +205,7 @@ async fn main() {
         Cmd::EncodeEmit(a) => encode_emit(&a),
         Cmd::GenLedger(a) => gen_ledger(&a),
         Cmd::WaitHealth(a) => wait_health(a).await,
+        Cmd::Chain(a) => chain(a).await,
     };
     if let Err(e) = result {
         eprintln!("load: {e}");
@@ -719,5 +745,104 @@ async fn wait_health(a: WaitArgs) -> Res<()> {
             return Err(format!("{} not SERVING after {:?}", a.addr, a.timeout).into());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Sends `entries` entries with EmitBatch, then counts the aggregator's
+/// ledger lines until every one has arrived.
+async fn chain(a: ChainArgs) -> Res<()> {
+    let ledger = a.aggregator_ledger.join(meterd::ledger::ENTRIES_FILE);
+    let mut counter = LineCounter::default();
+    let already = counter.count(&ledger)?;
+    let channel = meterd::cli::client::connect(&a.addr, Duration::from_secs(60)).await?;
+    let prefix = format!("chain-{}", uuid::Uuid::new_v4().simple());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let mut client = MeteringServiceClient::new(channel.clone());
+        let (next, prefix, total, size) = (next.clone(), prefix.clone(), a.entries, a.batch.max(1));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(size as u64, Ordering::Relaxed);
+                if from >= total {
+                    return Ok::<_, tonic::Status>(());
+                }
+                let entries = (from..(from + size as u64).min(total))
+                    .map(|n| entry(format!("{prefix}-{n}")))
+                    .collect();
+                let results = client
+                    .emit_batch(meterd::pb::EmitBatchRequest { entries })
+                    .await?
+                    .into_inner()
+                    .results;
+                if let Some(r) = results.iter().find(|r| !r.rejected.is_empty()) {
+                    return Err(tonic::Status::internal(r.rejected.clone()));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ingest = started.elapsed();
+    let want = already + a.entries;
+    let mut seen = already;
+    while seen < want {
+        if started.elapsed() > a.timeout {
+            return Err(format!(
+                "only {} of {} entries arrived within {:?}",
+                seen - already,
+                a.entries,
+                a.timeout
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = counter.count(&ledger)?;
+    }
+    let end_to_end = started.elapsed();
+    let n = a.entries as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "chain",
+            "entries": a.entries,
+            "batch": a.batch,
+            "concurrency": a.concurrency,
+            "ingest_s": ingest.as_secs_f64(),
+            "ingest_per_s": n / ingest.as_secs_f64(),
+            "end_to_end_s": end_to_end.as_secs_f64(),
+            "end_to_end_per_s": n / end_to_end.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// Counts the lines of a file that only grows, reading only what is new.
+#[derive(Default)]
+struct LineCounter {
+    offset: u64,
+    lines: u64,
+}
+
+impl LineCounter {
+    fn count(&mut self, path: &Path) -> Res<u64> {
+        use std::io::{Read as _, Seek as _};
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        f.seek(std::io::SeekFrom::Start(self.offset))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(self.lines);
+            }
+            self.offset += n as u64;
+            self.lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
     }
 }

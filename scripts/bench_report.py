@@ -185,6 +185,24 @@ def table_scaling(raw):
     return "\n\n".join(parts) if parts else "(no scaling data)"
 
 
+def table_chain(raw):
+    body = []
+    for r in rows(raw, "chain"):
+        body.append([
+            r.get("in_flight"), f0(r.get("entries")), f"{r.get('batch')} x {r.get('concurrency')}",
+            f0(r.get("ingest_per_s")), f0(r.get("end_to_end_per_s")), f1(r.get("end_to_end_s")),
+            mib(r.get("sidecar_hwm_kib")), mib(r.get("aggregator_hwm_kib")),
+        ])
+    return (
+        "### Chain: sidecar --sink grpc=aggregator (EmitBatch), both --fsync never\n\n"
+        "Entries sent to the sidecar with EmitBatch (load chain), timed until the aggregator's "
+        "ledger holds every one.\n\n"
+        + md(["--forward-in-flight", "entries", "entries/call x calls in flight",
+              "sidecar ingest entries/s", "end to end entries/s", "end to end s",
+              "sidecar peak RSS MiB", "aggregator peak RSS MiB"], body)
+    )
+
+
 def plot(raw, png):
     try:
         import matplotlib
@@ -226,7 +244,7 @@ def main():
             f.write(json.dumps(row) + "\n")
     elif cmd == "table":
         print({"emit": table_emit, "batch": table_batch, "footprint": table_footprint,
-               "scaling": table_scaling}[sys.argv[3]](raw))
+               "scaling": table_scaling, "chain": table_chain}[sys.argv[3]](raw))
     elif cmd == "plot":
         plot(raw, sys.argv[3])
     else:

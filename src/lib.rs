@@ -10,7 +10,9 @@
 //! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes;
 //!   `server/authority.rs` decides which `:authority` each listener accepts.
 //! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
-//!   upstreams `grpc`, `http`), and the factory.
+//!   upstreams `grpc`, `http`, `nats`), and the factory; `sink/deliver.rs`
+//!   pipelines spooled windows to an upstream, `sink/verdict.rs` says what
+//!   every upstream answer means for the records.
 //! - [`spool`]: the durable spool under forwarding sinks: cursors, windows,
 //!   dead-letter and quarantine files.
 //! - [`ledger`]: the append-only files: group commit, crash recovery, dedupe index.

@@ -57,6 +57,28 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
+/// A field path with its indexes dropped (`metrics[3].key` becomes
+/// `metrics[].key`), so that a label counting rejections by field stays bounded.
+pub fn unindexed(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Every metric meterd exports. Safe for concurrent use.
 pub struct Metrics {
     registry: Registry,

@@ -147,6 +147,8 @@ pub struct Limits {
     pub max_string_len: usize,
     /// Most batches in one SubmitBatchRequest.
     pub max_batches_per_request: usize,
+    /// Most entries in one EmitBatchRequest.
+    pub max_entries_per_request: usize,
     /// Most metrics in one batch.
     pub max_metrics_per_batch: usize,
     /// Most labels on one metric.
@@ -163,6 +165,7 @@ impl Default for Limits {
             max_id_len: 256,
             max_string_len: 4096,
             max_batches_per_request: 1000,
+            max_entries_per_request: 1000,
             max_metrics_per_batch: 10_000,
             max_labels_per_metric: 64,
             max_credential_bytes: 64 * 1024,

@@ -87,7 +87,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, env = "METERD_FSYNC_INTERVAL")]
     #[serde(serialize_with = "duration")]
     pub fsync_interval: Duration,
-    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=unix:/path, http=URL, nats=URL[,URL...], stderr, nop, capture (tests). Repeat (or separate with commas) to fan out.
+    /// Where accepted records go: jsonl, jsonl=DIR, grpc=HOST:PORT, grpc=http://HOST:PORT, grpc=https://HOST:PORT, grpc=unix:/path, http=URL, nats=URL[,URL...], stderr, nop, capture (tests). Repeat (or separate with commas) to fan out.
     #[arg(
         long = "sink",
         value_name = "SPEC",
@@ -119,6 +119,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "METERD_UPSTREAM_TIMEOUT")]
     #[serde(serialize_with = "duration")]
     pub upstream_timeout: Duration,
+    /// Forwarding sinks: requests in flight at once per spool file; answers are applied in spool order. 1 keeps the upstream's order exactly the spool's.
+    #[arg(long, value_name = "N", default_value_t = 4, env = "METERD_FORWARD_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub forward_in_flight: u32,
+    /// grpc=https:// sinks: CA certificates (PEM) to trust beside the system and webpki roots (for an aggregator with a private CA).
+    #[arg(long, value_name = "FILE", env = "METERD_GRPC_CA_FILE")]
+    pub grpc_ca_file: Option<PathBuf>,
     /// File whose first line is the bearer token sent to a grpc upstream (or the NATS auth token).
     #[arg(long, value_name = "FILE", env = "METERD_UPSTREAM_TOKEN_FILE")]
     pub upstream_token_file: Option<PathBuf>,
@@ -195,6 +201,9 @@ pub struct ServeArgs {
     /// Most batches in one SubmitBatch request.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_batches_per_request, env = "METERD_MAX_BATCHES_PER_REQUEST")]
     pub max_batches_per_request: usize,
+    /// Most entries in one EmitBatch request; more and the whole call gets INVALID_ARGUMENT naming entries.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_entries_per_request, env = "METERD_MAX_ENTRIES_PER_REQUEST")]
+    pub max_entries_per_request: usize,
     /// Most metrics in one batch.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_metrics_per_batch, env = "METERD_MAX_METRICS_PER_BATCH")]
     pub max_metrics_per_batch: usize,

@@ -26,7 +26,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             match kind.as_str() {
                 "grpc" => {
                     target
-                        .parse::<server::ListenAddr>()
+                        .parse::<sink::grpc::Target>()
                         .map_err(|e| format!("sink {spec}: {e}"))?;
                 }
                 "nats" => {}
@@ -36,6 +36,9 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                 _ => return Err(format!("sink {kind} is not available in this version")),
             }
         }
+    }
+    if let Some(path) = &args.grpc_ca_file {
+        sink::grpc::read_ca(path)?;
     }
     if let Some(url) = &args.http_entries_url {
         sink::http::check_url("--http-entries-url", url)?;
@@ -94,6 +97,8 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         max_spool_bytes: u64::try_from(args.spool_max_bytes).unwrap_or(0),
         retry_max: args.forward_retry_max,
         timeout: args.upstream_timeout,
+        in_flight: args.forward_in_flight as usize,
+        grpc_ca_file: args.grpc_ca_file.clone(),
         token,
         http: HttpOptions {
             entries_url: args.http_entries_url.clone(),
@@ -124,6 +129,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                 max_id_len: args.max_id_len,
                 max_string_len: args.max_string_len,
                 max_batches_per_request: args.max_batches_per_request,
+                max_entries_per_request: args.max_entries_per_request,
                 max_metrics_per_batch: args.max_metrics_per_batch,
                 max_labels_per_metric: args.max_labels_per_metric,
                 max_credential_bytes: args.max_credential_bytes,
@@ -153,13 +159,12 @@ pub fn check(args: &ServeArgs) -> Result<String, String> {
 }
 
 /// Runs `meterd serve` until SIGINT or SIGTERM. SIGHUP re-reads the TLS
-/// files and tokens and reopens the ledger files (for rotation).
+/// files and tokens and seals the active ledger files.
 pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let Prepared {
         sinks: build,
         config,
     } = prepare(&args)?;
-    let shutdown = shutdown_signal();
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     for spec in args.sinks() {
         sinks.push(sink::build(spec, &build).await?);
@@ -180,6 +185,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         Arc::new(Fanout::new(sinks))
     };
 
+    let shutdown = shutdown_signal();
     let mut listeners = Vec::new();
     for addr in &args.listen {
         let l = Listener::bind(addr, args.unix_mode)
@@ -242,8 +248,8 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
-/// called, not when it is first polled, so that a signal that arrives while
-/// the server is still starting is not fatal.
+/// called, not when the future is first polled: a SIGTERM that arrives as
+/// soon as the sockets exist must end the server gracefully, not kill it.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());

@@ -15,13 +15,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{code_name, metrics, RpcLabels};
 use crate::pb::metering_service_server::{MeteringService, MeteringServiceServer};
-use crate::pb::{EmitRequest, EmitResponse, SubmitBatchRequest};
+use crate::pb::{
+    EmitBatchRequest, EmitBatchResponse, EmitRequest, EmitResponse, SubmitBatchRequest,
+};
 use crate::record::Limits;
 use crate::sink::{Outcome, Record, Sink, SinkError};
 
 mod auth;
 mod authority;
 mod emit;
+mod emit_batch;
 mod health;
 mod listen;
 mod quiet;
@@ -179,6 +182,30 @@ impl MeteringService for Metering {
         };
         count_rpc(
             "Emit",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result.map(Response::new)
+    }
+
+    async fn emit_batch(
+        &self,
+        request: Request<EmitBatchRequest>,
+    ) -> Result<Response<EmitBatchResponse>, Status> {
+        let result = match self.shared.admit() {
+            Ok(admission) => {
+                let r = emit_batch::emit_batch(&self.shared, request.into_inner()).await;
+                drop(admission);
+                r.map_err(|e| {
+                    tracing::debug!(error = %e, "emit batch failed");
+                    Status::from(e)
+                })
+            }
+            Err(status) => Err(status),
+        };
+        count_rpc(
+            "EmitBatch",
             result
                 .as_ref()
                 .map_or_else(|s| s.code(), |_| tonic::Code::Ok),

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::{count_rpc, Admission, Shared};
-use crate::metrics::{metrics, RecordLabels, RejectLabels, TypeLabels};
+use crate::metrics::{metrics, unindexed, RecordLabels, RejectLabels, TypeLabels};
 use crate::pb::{
     EnvResponse, ModelStatus, RejectedBatch, SubmitBatchRequest, SubmitBatchResponse, UnitStatus,
 };
@@ -224,30 +224,13 @@ fn count_accepted(outcome: &Outcome) {
     };
 }
 
-/// Counts a rejected batch under its field, with indexes dropped
-/// (`metrics[3].key` counts as `metrics[].key`) to keep the label bounded.
+/// Counts a rejected batch under its field, with indexes dropped.
 fn count_rejected(field: &str) {
-    let mut normalized = String::with_capacity(field.len());
-    let mut in_index = false;
-    for c in field.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                normalized.push('[');
-            }
-            ']' => {
-                in_index = false;
-                normalized.push(']');
-            }
-            _ if in_index => {}
-            _ => normalized.push(c),
-        }
-    }
     metrics()
         .rejected
         .get_or_create(&RejectLabels {
             r#type: "batch",
-            field: normalized,
+            field: unindexed(field),
         })
         .inc();
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::forward::{Upstream, UpstreamError, UpstreamFuture, Verdict};
+use super::verdict::Failure;
 use super::{Body, MeterStatus, Record, Relay};
 use crate::metrics::{metrics, SinkLabels};
 
@@ -156,18 +157,18 @@ impl Post {
             // Without the URL: it may hold a password, and the sink's name
             // (redacted) is on every log line already.
             .map_err(|e| {
-                UpstreamError(format!("POST failed: {}", error_chain(&e.without_url())))
+                UpstreamError::transient(format!("POST failed: {}", error_chain(&e.without_url())))
             })?;
         let status = resp.status();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            UpstreamError(format!(
+            UpstreamError::transient(format!(
                 "reading the answer: {}",
                 error_chain(&e.without_url())
             ))
         })? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(UpstreamError(format!(
+                return Err(UpstreamError::transient(format!(
                     "answer larger than {MAX_RESPONSE_BYTES} bytes"
                 )));
             }
@@ -175,9 +176,11 @@ impl Post {
         }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(UpstreamError(format!(
-                "collector answered {status}: {text}"
-            )));
+            let message = format!("collector answered {status}: {text}");
+            return Err(UpstreamError {
+                class: super::verdict::http_status(status.as_u16(), &message),
+                message,
+            });
         }
         Ok(body)
     }
@@ -202,7 +205,9 @@ impl Upstream for HttpUpstream {
         if !batches {
             let Some(url) = self.entries_url.clone() else {
                 return Box::pin(async {
-                    Err(UpstreamError("no --http-entries-url for entries".into()))
+                    Err(UpstreamError::transient(
+                        "no --http-entries-url for entries",
+                    ))
                 });
             };
             let body: Vec<u8> = records
@@ -232,8 +237,9 @@ impl Upstream for HttpUpstream {
         let name = self.name.clone();
         Box::pin(async move {
             let answer = match post.send().await {
-                Ok(body) => serde_json::from_slice::<Response>(&body)
-                    .map_err(|e| UpstreamError(format!("malformed collector response: {e}"))),
+                Ok(body) => serde_json::from_slice::<Response>(&body).map_err(|e| {
+                    UpstreamError::transient(format!("malformed collector response: {e}"))
+                }),
                 Err(e) => Err(e),
             };
             let mut collector = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -250,8 +256,13 @@ impl Upstream for HttpUpstream {
                         .collect())
                 }
                 Err(e) => {
-                    collector.failures = collector.failures.saturating_add(1);
-                    collector.update_light(&name);
+                    // Only a collector that cannot take the send counts
+                    // towards AMBER; one that answered about the request
+                    // (too large, a refused batch) was reached.
+                    if matches!(e.class, Failure::Transient | Failure::Busy) {
+                        collector.failures = collector.failures.saturating_add(1);
+                        collector.update_light(&name);
+                    }
                     Err(e)
                 }
             }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub mod capture;
+mod deliver;
 pub mod fanout;
 pub mod forward;
 pub mod grpc;
@@ -14,6 +15,7 @@ pub mod jsonl;
 pub mod nats;
 pub mod nop;
 pub mod stderr;
+pub mod verdict;
 
 pub use crate::record::{Body, Outcome, Record};
 
@@ -247,13 +249,17 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
             let options = &config.forward;
             let upstream: Arc<dyn forward::Upstream> = match kind.as_str() {
                 "grpc" => {
-                    let addr: crate::server::ListenAddr =
+                    let target: grpc::Target =
                         target.parse().map_err(|e| format!("sink {spec}: {e}"))?;
-                    Arc::new(grpc::GrpcUpstream::new(
-                        &addr,
-                        options.timeout,
-                        options.token.as_deref(),
-                    )?)
+                    Arc::new(
+                        grpc::GrpcUpstream::new(
+                            &target,
+                            options.timeout,
+                            options.token.as_deref(),
+                            options.grpc_ca_file.as_deref(),
+                        )
+                        .map_err(|e| format!("sink {spec}: {e}"))?,
+                    )
                 }
                 "http" => Arc::new(http::HttpUpstream::new(
                     spec.to_string(),

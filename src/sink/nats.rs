@@ -237,7 +237,7 @@ async fn ensure_stream(setup: &StreamSetup, js: &jetstream::Context) -> Result<(
                 .get_or_create_stream(setup.config.clone())
                 .await
                 .map_err(|e| {
-                    UpstreamError(format!(
+                    UpstreamError::transient(format!(
                         "nats: get or create stream {}: {e}",
                         setup.config.name
                     ))
@@ -283,7 +283,7 @@ impl Upstream for NatsUpstream {
             .collect();
         Box::pin(async move {
             if client.connection_state() != State::Connected {
-                return Err(UpstreamError("nats: not connected".into()));
+                return Err(UpstreamError::transient("nats: not connected"));
             }
             if let Some(setup) = &stream {
                 ensure_stream(setup, &js).await?;
@@ -328,7 +328,9 @@ impl Upstream for NatsUpstream {
                 .collect();
             match failed {
                 // Nothing got through: report the call as failed.
-                Some(e) if verdicts.iter().all(|v| *v == Verdict::Retry) => Err(UpstreamError(e)),
+                Some(e) if verdicts.iter().all(|v| *v == Verdict::Retry) => {
+                    Err(UpstreamError::transient(e))
+                }
                 _ => Ok(verdicts),
             }
         })

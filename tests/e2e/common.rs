@@ -158,8 +158,13 @@ pub struct Binary {
     pub log: PathBuf,
 }
 
+/// The binary under test: cargo's build, or `METERD_TEST_BIN` (a copy that
+/// a concurrent build in a shared target directory cannot replace mid-run).
 pub fn meterd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meterd")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("METERD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_meterd").into())
+    })
 }
 
 impl Binary {

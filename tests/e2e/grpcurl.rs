@@ -469,3 +469,39 @@ async fn tcp_refuses_a_path_authority() {
     assert!(ok, "Emit with the default authority failed: {stderr}");
     assert_eq!(common::entries(dir.path()).len(), 1);
 }
+
+#[tokio::test]
+async fn emit_batch_with_a_json_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    let addr = bin.addr.to_string();
+    let body = json!({"entries": [
+        {"kind": "KIND_VM_COMPUTE_START", "vm_id": "vm-g1", "shape": {"cpu": 2}, "id": "g-1"},
+        {"kind": "KIND_VM_COMPUTE_START", "shape": {"cpu": 2}, "id": "g-2"},
+    ]})
+    .to_string();
+    let out = grpcurl_ok(
+        &[
+            "-plaintext",
+            "-d",
+            &body,
+            &addr,
+            &format!("{SERVICE}/EmitBatch"),
+        ],
+        None,
+    );
+    let results = json_one(&out)["results"].as_array().cloned().unwrap();
+    assert_eq!(results.len(), 2, "{out}");
+    assert!(results[0].get("rejected").is_none(), "{out}");
+    assert!(results[0]["emittedAt"].is_string(), "{out}");
+    assert!(
+        results[1]["rejected"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("entries[1].vm_id")),
+        "{out}"
+    );
+    assert_eq!(
+        common::field_values(&common::entries(dir.path()), "id"),
+        vec!["g-1"]
+    );
+}

@@ -43,6 +43,8 @@ struct CollectorState {
     script: Mutex<VecDeque<Answer>>,
     /// Answer 500 to everything.
     down: AtomicBool,
+    /// More batches than this in one POST get 413 (0: no limit).
+    max_batches: std::sync::atomic::AtomicUsize,
 }
 
 /// A collector on a loopback port. Batches whose uuid contains `-hold` are
@@ -103,6 +105,9 @@ async fn batches(State(state): State<Arc<CollectorState>>, body: Bytes) -> (Stat
     if let Some(answer) = forced(&state) {
         return answer;
     }
+    if let Some(answer) = refused(&state, &body) {
+        return answer;
+    }
     let too_late = matches!(
         state.script.lock().unwrap().pop_front(),
         Some(Answer::TooLate)
@@ -113,6 +118,26 @@ async fn batches(State(state): State<Arc<CollectorState>>, body: Bytes) -> (Stat
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     ack(&state, &body, too_late)
+}
+
+/// 413 for a POST over the collector's batch limit; 400 for one that holds
+/// a batch whose uuid contains `-bad`.
+fn refused(state: &CollectorState, body: &[u8]) -> Option<(StatusCode, String)> {
+    let sent: Vec<serde_json::Value> =
+        serde_json::from_slice(body).expect("a JSON array of batches");
+    let max = state.max_batches.load(Ordering::Relaxed);
+    if max > 0 && sent.len() > max {
+        return Some((StatusCode::PAYLOAD_TOO_LARGE, "too many batches".into()));
+    }
+    sent.iter()
+        .filter_map(|b| b["uuid"].as_str())
+        .find(|uuid| uuid.contains("-bad"))
+        .map(|uuid| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("batch {uuid}: unknown charm"),
+            )
+        })
 }
 
 fn ack(state: &CollectorState, body: &[u8], too_late: bool) -> (StatusCode, String) {
@@ -421,4 +446,76 @@ fn an_http_sink_alone_needs_somewhere_for_entries() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("scheme must be http or https"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_request_and_a_400_dead_letters_only_the_refused_batch() {
+    let collector = Collector::start().await;
+    collector.state.max_batches.store(3, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = collector.sink();
+    let server = Binary::start(
+        dir.path(),
+        &[
+            "--sink",
+            "jsonl",
+            "--sink",
+            &sink,
+            "--forward-retry-max",
+            "200ms",
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    // One request, so one spool write and one window of eleven.
+    let uuids: Vec<String> = (0..11)
+        .map(|i| match i {
+            4 | 9 => format!("s-{i}-bad"),
+            _ => format!("s-{i}"),
+        })
+        .collect();
+    let r = submit(
+        &mut client,
+        uuids.iter().map(|u| batch(u, "model-split")).collect(),
+    )
+    .await;
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+
+    let good: Vec<&String> = uuids.iter().filter(|u| !u.contains("-bad")).collect();
+    let spool = dir
+        .path()
+        .join("spool")
+        .join(meterd::sink::forward::spool_name(
+            "http",
+            &format!("http://{}/metrics", collector.addr),
+        ));
+    wait_for(
+        "the good batches to be acked and the bad ones dead-lettered",
+        || {
+            collector.seen(|s| good.iter().all(|u| s.acked.contains_key(*u)))
+                && crate::common::ledger_lines(&spool, "dead-letter.jsonl").len() == 2
+        },
+    )
+    .await;
+    collector.seen(|s| {
+        for (uuid, n) in &s.acked {
+            assert_eq!(*n, 1, "{uuid} acked {n} times");
+        }
+        assert!(!s.acked.keys().any(|u| u.contains("-bad")));
+    });
+    let dead = crate::common::ledger_lines(&spool, "dead-letter.jsonl");
+    for (line, uuid) in dead.iter().zip(["s-4-bad", "s-9-bad"]) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["record"]["uuid"], uuid, "{line}");
+        let reason = v["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("400") && reason.contains("unknown charm"),
+            "{reason}"
+        );
+    }
+    // The spool drains: nothing waits behind the refused batches.
+    wait_for("the spool to empty", || {
+        crate::common::spool_pending(&spool) == 0
+    })
+    .await;
 }

@@ -1,10 +1,12 @@
 //! End-to-end tests of meterd: real servers, real clients, real files.
 
+mod chain;
 mod cli;
 mod common;
 mod crash;
 mod durability;
 mod emit;
+mod emit_batch;
 mod faults;
 mod forward;
 mod grpcurl;

@@ -1,0 +1,125 @@
+//! `EmitBatch`: many entries in one call, each accepted or rejected on its
+//! own. The accepted ones go to the sinks in one submit, so they share one
+//! write (and one sync) and keep the request's order.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::status::Error;
+use super::Shared;
+use crate::metrics::{metrics, unindexed, RecordLabels, RejectLabels, TypeLabels};
+use crate::pb::{EmitBatchRequest, EmitBatchResponse, EntryResult};
+use crate::record::{time_to_timestamp, Check, Invalid};
+use crate::sink::{Outcome, Record};
+
+pub(super) async fn emit_batch(
+    shared: &Arc<Shared>,
+    req: EmitBatchRequest,
+) -> Result<EmitBatchResponse, Error> {
+    let max = shared.limits.max_entries_per_request;
+    if req.entries.len() > max {
+        // The whole call, before any entry is looked at: the sender must
+        // split it, so no entry gets an answer of its own.
+        count_rejected("entries");
+        return Err(Invalid::new(
+            "entries",
+            format!(
+                "{} entries exceed the limit of {max} per request (--max-entries-per-request)",
+                req.entries.len()
+            ),
+        )
+        .into());
+    }
+    let check = Check {
+        limits: &shared.limits,
+        now: OffsetDateTime::now_utc(),
+    };
+    let mut results = Vec::with_capacity(req.entries.len());
+    // Index in `results` and metric labels of each record handed to the sinks.
+    let mut accepted = Vec::with_capacity(req.entries.len());
+    let mut records = Vec::with_capacity(req.entries.len());
+    for (i, pb) in req.entries.into_iter().enumerate() {
+        match check.entry(pb) {
+            Ok(entry) => {
+                results.push(EntryResult {
+                    duplicate: false,
+                    emitted_at: Some(time_to_timestamp(entry.emitted_at)),
+                    rejected: String::new(),
+                });
+                accepted.push((
+                    i,
+                    RecordLabels {
+                        r#type: "entry",
+                        kind: entry.kind.as_str(),
+                        reason: entry.reason.map_or("", |r| r.as_str()),
+                    },
+                ));
+                records.push(Record::entry(entry));
+            }
+            Err(invalid) => {
+                let invalid = invalid.within(&format!("entries[{i}]"));
+                tracing::debug!(%invalid, "entry rejected");
+                count_rejected(&invalid.field);
+                results.push(EntryResult {
+                    duplicate: false,
+                    emitted_at: None,
+                    rejected: invalid.to_string(),
+                });
+            }
+        }
+    }
+    tracing::debug!(
+        entries = results.len(),
+        accepted = records.len(),
+        "emit batch"
+    );
+    if records.is_empty() {
+        return Ok(EmitBatchResponse { results });
+    }
+
+    let outcomes = shared.submit(records.into()).await?;
+    if outcomes.len() != accepted.len() {
+        // Never report an entry as recorded without the sink's word for it.
+        return Err(Error::Sink(crate::sink::SinkError::Unavailable(format!(
+            "the sink answered for {} of {} entries",
+            outcomes.len(),
+            accepted.len()
+        ))));
+    }
+    let m = metrics();
+    for ((i, labels), outcome) in accepted.into_iter().zip(outcomes) {
+        let Some(result) = results.get_mut(i) else {
+            continue;
+        };
+        match outcome {
+            Outcome::Written => {
+                m.accepted.get_or_create(&labels).inc();
+            }
+            Outcome::Duplicate => {
+                result.duplicate = true;
+                m.duplicates
+                    .get_or_create(&TypeLabels { r#type: "entry" })
+                    .inc();
+            }
+            Outcome::Rejected(why) => {
+                // A pass-through upstream refused it: reported like an entry
+                // that broke a rule here.
+                count_rejected("upstream");
+                result.emitted_at = None;
+                result.rejected = why.to_string();
+            }
+        }
+    }
+    Ok(EmitBatchResponse { results })
+}
+
+fn count_rejected(field: &str) {
+    metrics()
+        .rejected
+        .get_or_create(&RejectLabels {
+            r#type: "entry",
+            field: unindexed(field),
+        })
+        .inc();
+}

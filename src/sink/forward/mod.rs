@@ -1,0 +1,334 @@
+//! Forwarding sinks: records go to an [`Upstream`] (another meterd, a Juju
+//! collector, NATS JetStream), either through a durable local spool (acked
+//! to the client once spooled; delivered at least once, in order, with
+//! capped exponential backoff) or in pass-through mode (acked to the client
+//! only once the upstream acks; no local state).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::jsonl::JsonlSink;
+use super::{Outcome, Record, Sink, SinkError, SinkFuture};
+use crate::ledger::LedgerConfig;
+use crate::metrics::{metrics, ForwardLabels};
+use crate::spool::{Spool, Stream};
+
+mod forwarder;
+
+use forwarder::Forwarder;
+
+pub use super::verdict::{UpstreamError, Verdict};
+
+pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, UpstreamError>> + Send>>;
+
+/// Where a forwarding sink delivers. Records of one call are all entries or
+/// all batches, in order; the answer has one verdict per record.
+pub trait Upstream: Send + Sync + 'static {
+    fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture;
+
+    /// Meter statuses the upstream reported for a model; see [`Sink::relay`].
+    fn relay(&self, _model_uuid: &str) -> Option<super::Relay> {
+        None
+    }
+
+    /// Whether this upstream takes entries (a Juju collector may take only
+    /// batches); a sink that does not lets them pass by.
+    fn takes_entries(&self) -> bool {
+        true
+    }
+}
+
+/// How a forwarding sink acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardMode {
+    /// Ack once the record is in the local spool.
+    Spool,
+    /// Ack only once the upstream acks.
+    PassThrough,
+}
+
+/// Settings shared by every forwarding sink.
+#[derive(Clone, Debug)]
+pub struct ForwardOptions {
+    pub mode: ForwardMode,
+    /// Parent of the spool directories (one per sink).
+    pub spool_dir: std::path::PathBuf,
+    /// Above this many spooled bytes new records get RESOURCE_EXHAUSTED.
+    pub max_spool_bytes: u64,
+    /// Longest wait between two delivery attempts.
+    pub retry_max: Duration,
+    /// Timeout of one upstream call.
+    pub timeout: Duration,
+    /// Requests in flight at once per spool file (1 keeps the upstream's
+    /// order exactly the spool's).
+    pub in_flight: usize,
+    /// CA certificates (PEM) trusted by `grpc=https://` sinks, beside the
+    /// system and webpki roots.
+    pub grpc_ca_file: Option<std::path::PathBuf>,
+    /// Credential for the upstream (bearer token, NATS token).
+    pub token: Option<String>,
+    pub http: super::http::HttpOptions,
+    /// Settings of the `nats` sink.
+    pub nats: super::nats::NatsOptions,
+}
+
+impl ForwardOptions {
+    /// The spool directory of the sink `kind=target`.
+    pub fn spool_for(&self, kind: &str, target: &str) -> std::path::PathBuf {
+        self.spool_dir.join(spool_name(kind, target))
+    }
+}
+
+/// The name of a sink's spool directory: one per upstream, named after it
+/// (passwords redacted) so that a restart with the same flags finds its
+/// backlog.
+pub fn spool_name(kind: &str, target: &str) -> String {
+    let safe: String = super::redact_url(target)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{kind}-{safe}")
+}
+
+/// A sink that forwards to an upstream.
+pub struct ForwardSink {
+    name: String,
+    upstream: Arc<dyn Upstream>,
+    spooled: Option<Spooled>,
+}
+
+struct Spooled {
+    spool: Arc<Spool>,
+    writer: JsonlSink,
+    max_bytes: u64,
+    /// Per stream, the log bytes before the first undelivered record (the
+    /// origin of [`crate::log::Log::bytes_end`]): what counts against
+    /// `--spool-max-bytes` is only what lies beyond.
+    delivered: [Arc<AtomicU64>; 2],
+    stop: CancellationToken,
+    forwarders: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ForwardSink {
+    /// Opens the spool in `spool.dir` (spool mode) and starts delivering.
+    pub async fn open(
+        name: String,
+        upstream: Arc<dyn Upstream>,
+        spool: LedgerConfig,
+        options: &ForwardOptions,
+    ) -> std::io::Result<ForwardSink> {
+        if options.mode == ForwardMode::PassThrough {
+            return Ok(ForwardSink {
+                name,
+                upstream,
+                spooled: None,
+            });
+        }
+        let spool = tokio::task::spawn_blocking(move || Spool::open(&spool))
+            .await
+            .map_err(std::io::Error::other)??;
+        let spool = Arc::new(spool);
+        let stop = CancellationToken::new();
+        let mut forwarders = Vec::new();
+        let delivered = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        for (stream, delivered) in [Stream::Entries, Stream::Batches]
+            .into_iter()
+            .zip(&delivered)
+        {
+            let f = Forwarder::start(
+                &name,
+                stream,
+                spool.clone(),
+                upstream.clone(),
+                options,
+                delivered.clone(),
+            )
+            .await?;
+            forwarders.push(tokio::spawn(f.run(stop.clone())));
+        }
+        Ok(ForwardSink {
+            name,
+            upstream,
+            spooled: Some(Spooled {
+                writer: JsonlSink::from_ledger(spool.ledger.clone()),
+                spool,
+                max_bytes: options.max_spool_bytes,
+                delivered,
+                stop,
+                forwarders: Mutex::new(forwarders),
+            }),
+        })
+    }
+}
+
+impl Sink for ForwardSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
+        if !self.upstream.takes_entries()
+            && matches!(
+                records.first().map(|r| &r.body),
+                Some(super::Body::Entry(_))
+            )
+        {
+            // Checked at start-up: another sink keeps the entries.
+            let outcomes = super::all_written(&records);
+            return Box::pin(async move { Ok(outcomes) });
+        }
+        let Some(s) = &self.spooled else {
+            // Pass-through: the client's ack is the upstream's.
+            let call = super::deliver::deliver_now(self.upstream.clone(), records);
+            let name = self.name.clone();
+            return Box::pin(async move {
+                let verdicts = call
+                    .await
+                    .map_err(|e| SinkError::Unavailable(format!("{name}: {e}")))?;
+                verdicts
+                    .into_iter()
+                    .map(|v| match v {
+                        Verdict::Acked => Ok(Outcome::Written),
+                        Verdict::Duplicate => Ok(Outcome::Duplicate),
+                        Verdict::Rejected(why) => Ok(Outcome::Rejected(
+                            format!("{name} rejected the record: {why}").into(),
+                        )),
+                        Verdict::Retry => Err(SinkError::Unavailable(format!(
+                            "{name} did not acknowledge the record"
+                        ))),
+                    })
+                    .collect()
+            });
+        };
+        let spooled: u64 = [Stream::Entries, Stream::Batches]
+            .into_iter()
+            .zip(&s.delivered)
+            .map(|(stream, d)| {
+                s.spool
+                    .log(stream)
+                    .bytes_end()
+                    .saturating_sub(d.load(Ordering::Acquire))
+            })
+            .sum();
+        if spooled >= s.max_bytes {
+            let msg = format!(
+                "{}: spool full ({spooled} bytes, --spool-max-bytes {}); the upstream is not keeping up",
+                self.name, s.max_bytes
+            );
+            return Box::pin(async move { Err(SinkError::Exhausted(msg)) });
+        }
+        let labels = ForwardLabels {
+            sink: self.name.clone(),
+            stream: match records.first().map(|r| &r.body) {
+                Some(super::Body::Batch(_)) => Stream::Batches.name(),
+                _ => Stream::Entries.name(),
+            },
+        };
+        let write = s.writer.submit(records);
+        Box::pin(async move {
+            let outcomes = write.await?;
+            let written = outcomes.iter().filter(|o| **o == Outcome::Written).count();
+            metrics()
+                .backlog_records
+                .get_or_create(&labels)
+                .inc_by(i64::try_from(written).unwrap_or(i64::MAX));
+            Ok(outcomes)
+        })
+    }
+
+    fn relay(&self, model_uuid: &str) -> Option<super::Relay> {
+        self.upstream.relay(model_uuid)
+    }
+
+    fn health(&self) -> Vec<super::SinkHealth> {
+        match &self.spooled {
+            Some(s) => {
+                super::jsonl::ledger_health(&format!("{} spool", self.name), &s.spool.ledger)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn close(&self) -> SinkFuture<()> {
+        let Some(s) = &self.spooled else {
+            return Box::pin(async { Ok(()) });
+        };
+        let stop = s.stop.clone();
+        let spool = s.spool.clone();
+        let forwarders =
+            std::mem::take(&mut *s.forwarders.lock().unwrap_or_else(PoisonError::into_inner));
+        Box::pin(async move {
+            // Shutdown never removes anything from the spool: whatever was not
+            // acknowledged upstream is delivered after the restart.
+            stop.cancel();
+            for f in forwarders {
+                let _ = f.await;
+            }
+            let (a, b) = tokio::join!(spool.ledger.entries.close(), spool.ledger.batches.close());
+            a.and(b).map_err(|e| SinkError::Unavailable(e.0))
+        })
+    }
+}
+
+/// Capped exponential backoff with full jitter: attempt n waits a random
+/// time in [0, min(max, 100 ms * 2^n)], so that many sidecars retrying the
+/// same upstream spread out.
+pub(crate) struct Backoff {
+    attempt: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    const INITIAL: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(max: Duration) -> Self {
+        Backoff { attempt: 0, max }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let ceiling = Self::INITIAL
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling
+            .mul_f64(fastrand::f64())
+            .max(Duration::from_millis(10))
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A stable id for a record: its own key, or a hash of its line. Upstreams
+/// use it to drop re-sends (JetStream's Nats-Msg-Id, the entry id upstream).
+pub fn delivery_id(record: &Record) -> String {
+    match &record.key {
+        Some(k) => k.to_string(),
+        None => {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(&record.line);
+            let mut id = String::with_capacity(2 + 32);
+            id.push_str("h-");
+            for b in &digest[..16] {
+                id.push_str(&format!("{b:02x}"));
+            }
+            id
+        }
+    }
+}
