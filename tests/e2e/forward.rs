@@ -736,7 +736,7 @@ async fn a_spool_whose_upstream_keeps_up_never_reports_full() {
             "--sink",
             &grpc_sink(aggregator.addr),
             "--spool-max-bytes",
-            "256KiB",
+            "128KiB",
             "--fsync",
             "never",
         ],
@@ -744,11 +744,13 @@ async fn a_spool_whose_upstream_keeps_up_never_reports_full() {
     .await;
     let spool = spool_dir(side_dir.path(), aggregator.addr);
     let mut tasks = Vec::new();
-    for w in 0..4 {
+    // One caller waiting for each ack: the forwarder, which sends up to a
+    // window per request, outpaces it however loaded the machine is.
+    for w in 0..1 {
         let mut client = sidecar.client().await;
         tasks.push(tokio::spawn(async move {
             let mut refused = 0;
-            for i in 0..4000 {
+            for i in 0..6000 {
                 let r = client
                     .emit(emit_req(vm_entry("vm-flow", &format!("flow-{w}-{i}"))))
                     .await;
@@ -768,13 +770,13 @@ async fn a_spool_whose_upstream_keeps_up_never_reports_full() {
     }
     // Every entry line is at least 150 bytes: this many went through the
     // spool, many times --spool-max-bytes.
-    let written = (4 * 4000 - refused) * 150;
+    let written = (6000 - refused) * 150;
     assert!(
-        written > 8 * 256 * 1024,
+        written > 6 * 128 * 1024,
         "only {written} bytes went through; the test needs many times the limit"
     );
     assert!(
-        crate::common::spool_pending(&spool) < 16_000,
+        crate::common::spool_pending(&spool) < 6000,
         "the spool kept everything"
     );
     assert_eq!(refused, 0, "the spool refused while its upstream kept up");
