@@ -57,6 +57,9 @@ impl Sink for JsonlSink {
         }
         let len = records.len();
         Box::pin(async move {
+            // Held until the writer has replied (it drops its reference
+            // first), so that the records are freed on this task's thread.
+            let _records = records;
             let mut merged = vec![Outcome::Written; len];
             for wait in waits {
                 let (select, done) = wait?;
