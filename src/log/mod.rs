@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 mod active;
 #[doc(hidden)]
@@ -239,7 +239,8 @@ pub(crate) struct ActiveMeta {
 /// append has a caller waiting for its reply, and callers are bounded
 /// upstream (concurrent calls, per-stream pipeline depth).
 pub struct Log<R> {
-    tx: mpsc::UnboundedSender<Msg<R>>,
+    /// Never blocks a sender (unbounded): see the note above.
+    tx: std::sync::mpsc::Sender<Msg<R>>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -280,16 +281,15 @@ impl<R: LogRecord> Log<R> {
         });
         let writer = Writer::new(config.clone(), shared.clone(), opened);
         tracing::debug!(stream = config.stream, elapsed = ?started.elapsed(), "log opened");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("log-{}", config.stream))
-            .spawn(move || writer.run(rx))?;
+        let (tx, rx) = std::sync::mpsc::channel();
         let tick = if config.fsync == Fsync::Interval {
             config.fsync_interval.min(Duration::from_secs(1))
         } else {
             Duration::from_secs(1)
         };
-        spawn_ticker(tx.downgrade(), tick)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("log-{}", config.stream))
+            .spawn(move || writer.run(rx, tick))?;
         Ok(Log {
             tx,
             shared,
@@ -415,23 +415,6 @@ impl<R> Log<R> {
     pub fn path(&self) -> PathBuf {
         self.shared.names.active_data()
     }
-}
-
-fn spawn_ticker<R: Send + Sync + 'static>(
-    tx: mpsc::WeakUnboundedSender<Msg<R>>,
-    every: Duration,
-) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("log-ticker".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            // Ends once the log is gone.
-            let Some(tx) = tx.upgrade() else { return };
-            if tx.send(Msg::Tick).is_err() {
-                return;
-            }
-        })?;
-    Ok(())
 }
 
 /// Now, in unix nanoseconds.

@@ -10,7 +10,10 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::index::{self, LookupError, SealedKeys};
 use super::keys::KeyIndex;
@@ -27,9 +30,6 @@ const MAX_GROUP_JOBS: usize = 512;
 
 pub(crate) enum Msg<R> {
     Append(Append<R>),
-    /// Periodic work: interval syncs, sealing by age, retention, and
-    /// reopening after a failure (so health recovers with no client write).
-    Tick,
     Seal(oneshot::Sender<Result<(), LogError>>),
     /// Spools: every record up to this position is delivered.
     Release(u64, oneshot::Sender<Result<(), LogError>>),
@@ -139,20 +139,32 @@ impl Writer {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
     }
 
-    pub fn run<R: LogRecord>(mut self, mut rx: mpsc::UnboundedReceiver<Msg<R>>) {
+    /// Serves the queue until the log is closed. Periodic work runs every
+    /// `every`, woken by the queue's own timeout (no ticker thread), and
+    /// also under steady load.
+    pub fn run<R: LogRecord>(mut self, rx: mpsc::Receiver<Msg<R>>, every: Duration) {
         let mut jobs = Vec::with_capacity(MAX_GROUP_JOBS);
-        while let Some(first) = rx.blocking_recv() {
-            let mut msg = Some(first);
+        let mut next_tick = Instant::now() + every;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let tick = Instant::now() >= next_tick;
+            if tick {
+                next_tick = Instant::now() + every;
+            }
+            let mut msg = first;
             let mut close = None;
             let mut seals = Vec::new();
             let mut releases = Vec::new();
-            let mut tick = false;
             // Take everything already queued: one write and one sync serve
             // all of it.
             while let Some(m) = msg.take() {
                 match m {
                     Msg::Append(job) => jobs.push(job),
-                    Msg::Tick => tick = true,
                     Msg::Seal(reply) => seals.push(reply),
                     Msg::Release(upto, reply) => releases.push((upto, reply)),
                     Msg::Close(reply) => close = Some(reply),
@@ -165,6 +177,9 @@ impl Writer {
                 self.commit(&mut jobs);
             }
             if tick {
+                // Periodic work: interval syncs, sealing by age, retention,
+                // and reopening after a failure (so health recovers with no
+                // client write).
                 self.tick();
             }
             for reply in seals {
