@@ -4,6 +4,7 @@
 //! Go-compatible JSONL ledger (or another sink).
 //!
 //! # Layout
+//! - [`addr`]: endpoint addresses (`HOST:PORT`, `unix:/path`), used by the server and the client commands.
 //! - [`pb`]: generated protobuf types of `proto/metering/v1` and the descriptor set.
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
@@ -20,6 +21,7 @@
 //!   entries into intervals and cuts them into exact, DST-aware calendar buckets.
 //! - [`cli`]: the `meterd` command line.
 
+pub mod addr;
 pub mod cli;
 pub mod ledger;
 pub mod log;

@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use super::{EmitArgs, HealthArgs};
 use crate::pb::metering_service_client::MeteringServiceClient;
 use crate::pb::{EmitRequest, Entry, Kind, Reason, Shape};
-use crate::server::ListenAddr;
+use crate::addr::ListenAddr;
 
 /// Connects to a server over TCP or a Unix socket.
 pub async fn connect(

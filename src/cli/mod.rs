@@ -13,7 +13,7 @@ use serde::{Serialize, Serializer};
 
 use crate::ledger::Fsync;
 use crate::record::Limits;
-use crate::server::ListenAddr;
+use crate::addr::ListenAddr;
 use crate::sink::forward::ForwardMode;
 use crate::sink::{SinkSpec, SinkSpecs};
 

@@ -1,43 +1,11 @@
-//! Listen addresses and bound listeners (TCP and Unix sockets).
+//! Bound listeners (TCP and Unix sockets) for [`ListenAddr`]s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use tokio::net::{TcpListener, UnixListener};
 
-/// Where to listen: `HOST:PORT` or `unix:/path`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddr {
-    Tcp(String),
-    Unix(PathBuf),
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.strip_prefix("unix:") {
-            Some("") => Err("unix: needs a socket path, e.g. unix:/run/meterd.sock".into()),
-            Some(path) => Ok(ListenAddr::Unix(path.into())),
-            None if s
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
-            {
-                Ok(ListenAddr::Tcp(s.into()))
-            }
-            None => Err(format!("{s:?} is neither HOST:PORT nor unix:/path")),
-        }
-    }
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenAddr::Tcp(a) => f.write_str(a),
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use crate::addr::ListenAddr;
 
 /// A bound listener.
 pub enum Listener {
