@@ -10,69 +10,10 @@ use time::OffsetDateTime;
 use crate::pb;
 
 mod encoded;
+mod names;
 
 pub use encoded::{Body, Outcome, Record};
-
-/// A lifecycle endpoint. Downstream pairs `*.start` with `*.stop` by id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    VmComputeStart,
-    VmComputeStop,
-    VmStorageStart,
-    VmStorageStop,
-    SnapStorageStart,
-    SnapStorageStop,
-}
-
-impl Kind {
-    /// The wire name, as the Go package spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::VmComputeStart => "vm.compute.start",
-            Kind::VmComputeStop => "vm.compute.stop",
-            Kind::VmStorageStart => "vm.storage.start",
-            Kind::VmStorageStop => "vm.storage.stop",
-            Kind::SnapStorageStart => "snap.storage.start",
-            Kind::SnapStorageStop => "snap.storage.stop",
-        }
-    }
-
-    /// True for the `vm.*` kinds, which are keyed by `vm_id`.
-    pub fn is_vm(self) -> bool {
-        !matches!(self, Kind::SnapStorageStart | Kind::SnapStorageStop)
-    }
-}
-
-/// Why an endpoint was emitted. Not tied to start or stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Boot,
-    Restart,
-    Clone,
-    Restore,
-    HibernateWake,
-    StopUser,
-    StopCrash,
-    VmRemove,
-    SnapRemove,
-}
-
-impl Reason {
-    /// The wire name, as the Go package spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Boot => "boot",
-            Reason::Restart => "restart",
-            Reason::Clone => "clone",
-            Reason::Restore => "restore",
-            Reason::HibernateWake => "hibernate-wake",
-            Reason::StopUser => "stop-user",
-            Reason::StopCrash => "stop-crash",
-            Reason::VmRemove => "vm-rm",
-            Reason::SnapRemove => "snap-rm",
-        }
-    }
-}
+pub use names::{Kind, Reason};
 
 /// Resources at an endpoint; all values are non-negative.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,11 +158,11 @@ impl Check<'_> {
     /// Field names are relative to the entry (`vm_id`, `shape.cpu`).
     pub fn entry(&self, pb: pb::Entry) -> Result<Entry, Invalid> {
         let kind = match pb::Kind::try_from(pb.kind) {
-            Ok(k) => kind_from_pb(k).ok_or_else(|| Invalid::new("kind", "must be set"))?,
+            Ok(k) => Kind::from_pb(k).ok_or_else(|| Invalid::new("kind", "must be set"))?,
             Err(_) => return Err(Invalid::new("kind", format!("unknown value {}", pb.kind))),
         };
         let reason = match pb::Reason::try_from(pb.reason) {
-            Ok(r) => reason_from_pb(r),
+            Ok(r) => Reason::from_pb(r),
             Err(_) => {
                 return Err(Invalid::new(
                     "reason",
@@ -440,44 +381,17 @@ pub fn time_to_timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
-fn kind_from_pb(k: pb::Kind) -> Option<Kind> {
-    Some(match k {
-        pb::Kind::Unspecified => return None,
-        pb::Kind::VmComputeStart => Kind::VmComputeStart,
-        pb::Kind::VmComputeStop => Kind::VmComputeStop,
-        pb::Kind::VmStorageStart => Kind::VmStorageStart,
-        pb::Kind::VmStorageStop => Kind::VmStorageStop,
-        pb::Kind::SnapStorageStart => Kind::SnapStorageStart,
-        pb::Kind::SnapStorageStop => Kind::SnapStorageStop,
-    })
-}
-
-fn reason_from_pb(r: pb::Reason) -> Option<Reason> {
-    Some(match r {
-        pb::Reason::Unspecified => return None,
-        pb::Reason::Boot => Reason::Boot,
-        pb::Reason::Restart => Reason::Restart,
-        pb::Reason::Clone => Reason::Clone,
-        pb::Reason::Restore => Reason::Restore,
-        pb::Reason::HibernateWake => Reason::HibernateWake,
-        pb::Reason::StopUser => Reason::StopUser,
-        pb::Reason::StopCrash => Reason::StopCrash,
-        pb::Reason::VmRm => Reason::VmRemove,
-        pb::Reason::SnapRm => Reason::SnapRemove,
-    })
-}
-
 // === impl From<&Entry> for pb::Entry ===
 
 impl From<&Entry> for pb::Entry {
     /// The protobuf form of a validated entry, for forwarding upstream.
     fn from(e: &Entry) -> pb::Entry {
         pb::Entry {
-            kind: kind_to_pb(e.kind) as i32,
+            kind: e.kind.to_pb() as i32,
             vm_id: e.vm_id.clone(),
             snapshot_id: e.snapshot_id.clone(),
             source_snapshot_id: e.source_snapshot_id.clone(),
-            reason: e.reason.map_or(pb::Reason::Unspecified, reason_to_pb) as i32,
+            reason: e.reason.map_or(pb::Reason::Unspecified, Reason::to_pb) as i32,
             hypervisor: e.hypervisor.clone(),
             shape: Some(pb::Shape {
                 cpu: e.shape.cpu,
@@ -514,30 +428,5 @@ impl From<&MetricBatch> for pb::MetricBatch {
             reseller_credentials: b.reseller_credentials.clone(),
             sla_credentials: b.sla_credentials.clone(),
         }
-    }
-}
-
-fn kind_to_pb(k: Kind) -> pb::Kind {
-    match k {
-        Kind::VmComputeStart => pb::Kind::VmComputeStart,
-        Kind::VmComputeStop => pb::Kind::VmComputeStop,
-        Kind::VmStorageStart => pb::Kind::VmStorageStart,
-        Kind::VmStorageStop => pb::Kind::VmStorageStop,
-        Kind::SnapStorageStart => pb::Kind::SnapStorageStart,
-        Kind::SnapStorageStop => pb::Kind::SnapStorageStop,
-    }
-}
-
-fn reason_to_pb(r: Reason) -> pb::Reason {
-    match r {
-        Reason::Boot => pb::Reason::Boot,
-        Reason::Restart => pb::Reason::Restart,
-        Reason::Clone => pb::Reason::Clone,
-        Reason::Restore => pb::Reason::Restore,
-        Reason::HibernateWake => pb::Reason::HibernateWake,
-        Reason::StopUser => pb::Reason::StopUser,
-        Reason::StopCrash => pb::Reason::StopCrash,
-        Reason::VmRemove => pb::Reason::VmRm,
-        Reason::SnapRemove => pb::Reason::SnapRm,
     }
 }

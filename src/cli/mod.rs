@@ -11,9 +11,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Serialize, Serializer};
 
+use crate::addr::ListenAddr;
 use crate::ledger::Fsync;
 use crate::record::Limits;
-use crate::addr::ListenAddr;
 use crate::sink::forward::ForwardMode;
 use crate::sink::{SinkSpec, SinkSpecs};
 

@@ -14,8 +14,8 @@ pub mod http;
 pub mod jsonl;
 pub mod nats;
 pub mod nop;
-pub mod stderr;
 mod spec;
+pub mod stderr;
 pub mod verdict;
 
 pub use crate::record::{Body, Outcome, Record};
