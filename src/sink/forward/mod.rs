@@ -21,8 +21,10 @@ use crate::ledger::LedgerConfig;
 use crate::metrics::{metrics, ForwardLabels};
 use crate::spool::{Spool, Stream};
 
+mod backoff;
 mod forwarder;
 
+pub(crate) use backoff::Backoff;
 use forwarder::Forwarder;
 
 pub use super::verdict::{UpstreamError, Verdict};
@@ -282,36 +284,6 @@ impl Sink for ForwardSink {
             let (a, b) = tokio::join!(spool.ledger.entries.close(), spool.ledger.batches.close());
             a.and(b).map_err(|e| SinkError::Unavailable(e.0))
         })
-    }
-}
-
-/// Capped exponential backoff with full jitter: attempt n waits a random
-/// time in [0, min(max, 100 ms * 2^n)], so that many sidecars retrying the
-/// same upstream spread out.
-pub(crate) struct Backoff {
-    attempt: u32,
-    max: Duration,
-}
-
-impl Backoff {
-    const INITIAL: Duration = Duration::from_millis(100);
-
-    pub(crate) fn new(max: Duration) -> Self {
-        Backoff { attempt: 0, max }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let ceiling = Self::INITIAL
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling
-            .mul_f64(fastrand::f64())
-            .max(Duration::from_millis(10))
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
     }
 }
 
