@@ -27,11 +27,11 @@ pub struct RecordLabels {
     pub reason: &'static str,
 }
 
-/// A rejected record and the field whose rule it broke.
+/// A rejected record and the field whose rule it broke (see [`field_label`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub r#type: &'static str,
-    pub field: String,
+    pub field: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,26 +57,106 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
-/// A field path with its indexes dropped (`metrics[3].key` becomes
-/// `metrics[].key`), so that a label counting rejections by field stays bounded.
-pub fn unindexed(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
+/// The entry fields a rule names, relative to the entry.
+const ENTRY_FIELDS: [&str; 11] = [
+    "kind",
+    "reason",
+    "vm_id",
+    "snapshot_id",
+    "source_snapshot_id",
+    "id",
+    "hypervisor",
+    "shape.cpu",
+    "shape.mem_bytes",
+    "shape.storage_bytes",
+    "emitted_at",
+];
+
+/// Every value the `field` label of `meterd_records_rejected_total` can
+/// take: field paths with their indexes dropped, as `Check` names them
+/// under `Emit` (`entry.`), `EmitBatch` (`entries[].`) and `SubmitBatch`.
+const FIELDS: &[&str] = &[
+    "entry",
+    "entries",
+    "batches",
+    "upstream",
+    "uuid",
+    "model_uuid",
+    "unit_name",
+    "model_name",
+    "charm_url",
+    "credentials",
+    "reseller_credentials",
+    "sla_credentials",
+    "created",
+    "metrics",
+    "metrics[].key",
+    "metrics[].value",
+    "metrics[].time",
+    "metrics[].labels",
+    "metrics[].labels[]",
+    "entry.kind",
+    "entry.reason",
+    "entry.vm_id",
+    "entry.snapshot_id",
+    "entry.source_snapshot_id",
+    "entry.id",
+    "entry.hypervisor",
+    "entry.shape.cpu",
+    "entry.shape.mem_bytes",
+    "entry.shape.storage_bytes",
+    "entry.emitted_at",
+    "entries[].kind",
+    "entries[].reason",
+    "entries[].vm_id",
+    "entries[].snapshot_id",
+    "entries[].source_snapshot_id",
+    "entries[].id",
+    "entries[].hypervisor",
+    "entries[].shape.cpu",
+    "entries[].shape.mem_bytes",
+    "entries[].shape.storage_bytes",
+    "entries[].emitted_at",
+];
+
+const _: () = assert!(FIELDS.len() == 19 + 2 * ENTRY_FIELDS.len());
+
+/// The label value for a field path: one of a fixed set of names, `other`
+/// for anything unexpected, so that no client can grow the number of
+/// series. Indexes are dropped (`metrics[3].key` is `metrics[].key`), and a
+/// label's key, which is client text and may hold anything (`]` and quotes
+/// included), is cut off whole: `metrics[0].labels["k"]` is
+/// `metrics[].labels[]`.
+pub fn field_label(path: &str) -> &'static str {
+    const LABELS: &str = ".labels[";
+    let (head, keyed) = match path.find(LABELS) {
+        Some(i) => (&path[..i + LABELS.len() - 1], true),
+        None => (path, false),
+    };
+    let mut name = String::with_capacity(head.len() + 2);
     let mut in_index = false;
-    for c in field.chars() {
+    for c in head.chars() {
         match c {
             '[' => {
                 in_index = true;
-                out.push('[');
+                name.push('[');
             }
             ']' => {
                 in_index = false;
-                out.push(']');
+                name.push(']');
             }
             _ if in_index => {}
-            _ => out.push(c),
+            _ => name.push(c),
         }
     }
-    out
+    if keyed {
+        name.push_str("[]");
+    }
+    FIELDS
+        .iter()
+        .find(|f| **f == name)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Every metric meterd exports. Safe for concurrent use.
@@ -90,6 +170,7 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     pub group_records: Histogram,
     pub in_flight: Gauge,
+    pub queue_bytes: Gauge,
     pub backlog_records: Family<ForwardLabels, Gauge>,
     pub backlog_bytes: Family<ForwardLabels, Gauge>,
     pub oldest_pending_seconds: Family<ForwardLabels, Gauge>,
@@ -122,6 +203,7 @@ impl Metrics {
             // 1 .. 4096 records per group commit
             group_records: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             in_flight: Gauge::default(),
+            queue_bytes: Gauge::default(),
             backlog_records: Family::default(),
             backlog_bytes: Family::default(),
             oldest_pending_seconds: Family::default(),
@@ -177,6 +259,11 @@ impl Metrics {
             "in_flight_requests",
             "Calls and streams being served now",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of records handed to the sinks and not yet written (bounded by --max-queue-bytes)",
+            m.queue_bytes.clone(),
         );
         registry.register(
             "forward_backlog_records",
@@ -275,4 +362,42 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_labels_come_from_a_fixed_set() {
+        for (path, want) in [
+            ("entry", "entry"),
+            ("entry.vm_id", "entry.vm_id"),
+            ("entries[17].shape.cpu", "entries[].shape.cpu"),
+            ("entries", "entries"),
+            ("metrics[3].key", "metrics[].key"),
+            ("metrics[0].labels", "metrics[].labels"),
+            (r#"metrics[0].labels["k"]"#, "metrics[].labels[]"),
+            (r#"metrics[0].labels["a]b"]"#, "metrics[].labels[]"),
+            (
+                r#"metrics[0].labels["]\"\u{1}x.labels[y"]"#,
+                "metrics[].labels[]",
+            ),
+            ("metrics[0].labels[\"ключ]\"]", "metrics[].labels[]"),
+            ("upstream", "upstream"),
+            ("entry.nonsense", "other"),
+            ("", "other"),
+            ("]]]", "other"),
+        ] {
+            assert_eq!(field_label(path), want, "{path}");
+        }
+        // Every name the validation can produce is in the set.
+        for f in ENTRY_FIELDS {
+            assert_eq!(field_label(&format!("entry.{f}")), format!("entry.{f}"));
+            assert_eq!(
+                field_label(&format!("entries[0].{f}")),
+                format!("entries[].{f}")
+            );
+        }
+    }
 }

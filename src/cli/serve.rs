@@ -138,6 +138,15 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             max_message_bytes: args.max_message_bytes,
             shutdown_grace: args.shutdown_grace,
             max_in_flight: args.max_in_flight as usize,
+            max_queue_bytes: u64::try_from(args.max_queue_bytes)
+                .ok()
+                .filter(|b| (1..=1 << 32).contains(b))
+                .ok_or_else(|| {
+                    format!(
+                        "--max-queue-bytes {}: must be between 1 byte and 4GiB",
+                        args.max_queue_bytes
+                    )
+                })?,
             max_streams_per_connection: args.max_streams_per_connection,
             http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
             http2_keepalive_timeout: args.http2_keepalive_timeout,
