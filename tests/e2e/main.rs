@@ -1,5 +1,6 @@
 //! End-to-end tests of meterd: real servers, real clients, real files.
 
+mod bounds;
 mod chain;
 mod cli;
 mod common;
