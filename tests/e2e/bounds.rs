@@ -191,16 +191,11 @@ async fn a_stalled_upstream_cannot_grow_memory_through_pipelined_streams() {
         tokio::spawn(async move {
             let ended = match client.submit_batch(tokio_stream::iter(requests)).await {
                 Err(s) => s,
-                Ok(resp) => {
-                    let mut resp = resp.into_inner();
-                    loop {
-                        match resp.next().await {
-                            Some(Ok(r)) => panic!("acked by a stalled upstream: {r:?}"),
-                            Some(Err(s)) => break s,
-                            None => panic!("stream ended without a status"),
-                        }
-                    }
-                }
+                Ok(resp) => match resp.into_inner().next().await {
+                    Some(Ok(r)) => panic!("acked by a stalled upstream: {r:?}"),
+                    Some(Err(s)) => s,
+                    None => panic!("stream ended without a status"),
+                },
             };
             let _ = tx.send(ended);
         });
