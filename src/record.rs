@@ -12,7 +12,7 @@ use crate::pb;
 mod encoded;
 mod names;
 
-pub use encoded::{Body, Outcome, Record};
+pub use encoded::{content_key, Body, Outcome, Record};
 pub use names::{Kind, Reason};
 
 /// Resources at an endpoint; all values are non-negative.

@@ -287,20 +287,13 @@ impl Sink for ForwardSink {
     }
 }
 
-/// A stable id for a record: its own key, or a hash of its line. Upstreams
-/// use it to drop re-sends (JetStream's Nats-Msg-Id, the entry id upstream).
+/// A stable id for a record, the same on every re-send: its key (the entry
+/// `id`, the batch uuid, or the content key of an entry without an id).
+/// Upstreams use it to drop re-sends (JetStream's Nats-Msg-Id, the entry id
+/// upstream).
 pub fn delivery_id(record: &Record) -> String {
     match &record.key {
         Some(k) => k.to_string(),
-        None => {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(&record.line);
-            let mut id = String::with_capacity(2 + 32);
-            id.push_str("h-");
-            for b in &digest[..16] {
-                id.push_str(&format!("{b:02x}"));
-            }
-            id
-        }
+        None => crate::record::content_key(&record.line).into(),
     }
 }
