@@ -233,8 +233,15 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
         return;
     };
     while hup.recv().await.is_some() {
+        // The reloads read files: off the async workers.
+        let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        };
         if let Some(tls) = &tls {
-            match tls.reload() {
+            let tls = tls.clone();
+            match blocking(Box::new(move || tls.reload())).await {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
@@ -242,7 +249,8 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
             }
         }
         if auth.enabled() {
-            match auth.reload() {
+            let auth = auth.clone();
+            match blocking(Box::new(move || auth.reload())).await {
                 Ok(()) => tracing::info!("tokens reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "token reload failed; keeping the previous tokens")

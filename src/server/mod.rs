@@ -412,9 +412,13 @@ pub async fn run(
         tracing::warn!(grace = ?config.shutdown_grace, "calls still open after the grace period; closing them");
         servers.abort_all();
     }
-    for path in sockets {
-        let _ = std::fs::remove_file(path);
-    }
+    // Unlinking is file system work: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || {
+        for path in sockets {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+    .await;
     sink.close().await?;
     tracing::info!("ledger synced; bye");
     Ok(())
