@@ -60,7 +60,7 @@ impl Collector {
     async fn start() -> Collector {
         let state = Arc::new(CollectorState::default());
         let app = axum::Router::new()
-            .route("/metrics", post(batches))
+            .route("/metrics", post(batches).head(head))
             .route("/entries", post(entries))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,6 +177,15 @@ fn ack(state: &CollectorState, body: &[u8], too_late: bool) -> (StatusCode, Stri
         "new-grace-period": GRACE_NS,
     });
     (StatusCode::OK, response.to_string())
+}
+
+/// What meterd's probe of a pass-through collector sees: 503 while down.
+async fn head(State(state): State<Arc<CollectorState>>) -> StatusCode {
+    if state.down.load(Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
 }
 
 async fn entries(State(state): State<Arc<CollectorState>>, body: Bytes) -> (StatusCode, String) {
@@ -518,4 +527,51 @@ async fn a_413_splits_the_request_and_a_400_dead_letters_only_the_refused_batch(
         crate::common::spool_pending(&spool) == 0
     })
     .await;
+}
+
+/// Pass-through to a collector that is down: health NOT_SERVING, and back
+/// to SERVING within 5 s of the collector returning, through a `HEAD` probe
+/// and with no POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_health_follows_the_collector() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let collector = Collector::start().await;
+    collector.state.down.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = collector.sink();
+    let server = Binary::start(
+        dir.path(),
+        &[
+            "--sink",
+            "jsonl",
+            "--sink",
+            &sink,
+            "--forward-mode",
+            "pass-through",
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    let s = client
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
+            batches: vec![batch("pt-h-1", "m")],
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+    let within = Duration::from_secs(5);
+    crate::passthrough::wait_health(server.addr, ServingStatus::NotServing, within).await;
+    let posts = collector.seen(|s| s.batch_bodies.len());
+
+    collector.state.down.store(false, Ordering::Relaxed);
+    crate::passthrough::wait_health(server.addr, ServingStatus::Serving, within).await;
+    assert_eq!(
+        collector.seen(|s| s.batch_bodies.len()),
+        posts,
+        "health came back through a POST"
+    );
 }

@@ -15,6 +15,7 @@ mod http;
 mod ledger;
 mod nats;
 mod ops;
+mod passthrough;
 mod python;
 mod security;
 mod sinks;

@@ -23,6 +23,7 @@ use crate::spool::{Spool, Stream};
 
 mod backoff;
 mod forwarder;
+mod probe;
 
 pub(crate) use backoff::Backoff;
 use forwarder::Forwarder;
@@ -30,6 +31,8 @@ use forwarder::Forwarder;
 pub use super::verdict::{UpstreamError, Verdict};
 
 pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, UpstreamError>> + Send>>;
+/// A probe's answer: `Err` says why the upstream is not there.
+pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// Where a forwarding sink delivers. Records of one call are all entries or
 /// all batches, in order; the answer has one verdict per record.
@@ -45,6 +48,13 @@ pub trait Upstream: Send + Sync + 'static {
     /// batches); a sink that does not lets them pass by.
     fn takes_entries(&self) -> bool {
         true
+    }
+
+    /// A cheap check that the upstream is there, with no record in it: how
+    /// pass-through health comes back with no client write. `None`: there
+    /// is none, and only the next successful delivery restores health.
+    fn probe(&self) -> Option<ProbeFuture> {
+        None
     }
 }
 
@@ -112,6 +122,13 @@ pub struct ForwardSink {
     name: String,
     upstream: Arc<dyn Upstream>,
     spooled: Option<Spooled>,
+    /// Pass-through mode: whether the upstream answers (probed while not).
+    pass_through: Option<PassThrough>,
+}
+
+struct PassThrough {
+    health: Arc<probe::UpstreamHealth>,
+    stop: CancellationToken,
 }
 
 struct Spooled {
@@ -135,10 +152,18 @@ impl ForwardSink {
         options: &ForwardOptions,
     ) -> std::io::Result<ForwardSink> {
         if options.mode == ForwardMode::PassThrough {
+            let stop = CancellationToken::new();
+            let health = probe::UpstreamHealth::start(
+                name.clone(),
+                upstream.clone(),
+                options.timeout,
+                stop.clone(),
+            );
             return Ok(ForwardSink {
                 name,
                 upstream,
                 spooled: None,
+                pass_through: Some(PassThrough { health, stop }),
             });
         }
         let spool = tokio::task::spawn_blocking(move || Spool::open(&spool))
@@ -174,6 +199,7 @@ impl ForwardSink {
                 stop,
                 forwarders: Mutex::new(forwarders),
             }),
+            pass_through: None,
         })
     }
 }
@@ -198,23 +224,28 @@ impl Sink for ForwardSink {
             // Pass-through: the client's ack is the upstream's.
             let call = super::deliver::deliver_now(self.upstream.clone(), records);
             let name = self.name.clone();
+            let health = self.pass_through.as_ref().map(|p| p.health.clone());
             return Box::pin(async move {
-                let verdicts = call
-                    .await
-                    .map_err(|e| SinkError::Unavailable(format!("{name}: {e}")))?;
-                verdicts
-                    .into_iter()
-                    .map(|v| match v {
-                        Verdict::Acked => Ok(Outcome::Written),
-                        Verdict::Duplicate => Ok(Outcome::Duplicate),
-                        Verdict::Rejected(why) => Ok(Outcome::Rejected(
-                            format!("{name} rejected the record: {why}").into(),
-                        )),
-                        Verdict::Retry => Err(SinkError::Unavailable(format!(
-                            "{name} did not acknowledge the record"
-                        ))),
-                    })
-                    .collect()
+                let result = match call.await {
+                    Ok(verdicts) => verdicts
+                        .into_iter()
+                        .map(|v| match v {
+                            Verdict::Acked => Ok(Outcome::Written),
+                            Verdict::Duplicate => Ok(Outcome::Duplicate),
+                            Verdict::Rejected(why) => Ok(Outcome::Rejected(
+                                format!("{name} rejected the record: {why}").into(),
+                            )),
+                            Verdict::Retry => Err(SinkError::Unavailable(format!(
+                                "{name} did not acknowledge the record"
+                            ))),
+                        })
+                        .collect(),
+                    Err(e) => Err(SinkError::Unavailable(format!("{name}: {e}"))),
+                };
+                if let Some(h) = health {
+                    h.observe(result.is_ok());
+                }
+                result
             });
         };
         let spooled: u64 = [Stream::Entries, Stream::Batches]
@@ -258,15 +289,22 @@ impl Sink for ForwardSink {
     }
 
     fn health(&self) -> Vec<super::SinkHealth> {
-        match &self.spooled {
-            Some(s) => {
+        match (&self.spooled, &self.pass_through) {
+            (Some(s), _) => {
                 super::jsonl::ledger_health(&format!("{} spool", self.name), &s.spool.ledger)
             }
-            None => Vec::new(),
+            (None, Some(p)) => vec![super::SinkHealth {
+                name: format!("{} upstream", self.name),
+                healthy: p.health.watch(),
+            }],
+            (None, None) => Vec::new(),
         }
     }
 
     fn close(&self) -> SinkFuture<()> {
+        if let Some(p) = &self.pass_through {
+            p.stop.cancel();
+        }
         let Some(s) = &self.spooled else {
             return Box::pin(async { Ok(()) });
         };
