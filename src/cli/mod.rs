@@ -260,6 +260,9 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// TLS handshakes in progress at once (over all TCP listeners); at the cap the oldest is dropped, so stalled handshakes cannot pile up.
+    #[arg(long, value_name = "N", default_value_t = 512, env = "METERD_MAX_TLS_HANDSHAKES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tls_handshakes: u32,
     /// CA (PEM) that client certificates must chain to: enables mutual TLS.
     #[arg(
         long,

@@ -153,6 +153,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             tcp_keepalive: nonzero(args.tcp_keepalive),
             max_connection_age: nonzero(args.max_connection_age),
             tls,
+            max_tls_handshakes: args.max_tls_handshakes as usize,
             auth,
             auth_all_services: args.auth_all_services,
         },

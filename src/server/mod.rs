@@ -65,6 +65,9 @@ pub struct Config {
     pub max_connection_age: Option<Duration>,
     /// TLS for TCP listeners; Unix sockets stay plaintext.
     pub tls: Option<Arc<Tls>>,
+    /// TLS handshakes in progress at once, over all listeners; at the cap
+    /// the oldest is dropped (see `tls.rs`).
+    pub max_tls_handshakes: usize,
     /// Bearer tokens for MeteringService (and, with `auth_all_services`,
     /// health and reflection too).
     pub auth: Auth,
@@ -85,6 +88,7 @@ impl Default for Config {
             tcp_keepalive: Some(Duration::from_secs(60)),
             max_connection_age: None,
             tls: None,
+            max_tls_handshakes: 512,
             auth: Auth::none(),
             auth_all_services: false,
         }
@@ -348,6 +352,7 @@ pub async fn run(
     );
 
     let token = CancellationToken::new();
+    let handshakes = tls::Handshakes::new(config.max_tls_handshakes);
     let mut servers = tokio::task::JoinSet::new();
     let mut sockets = Vec::new();
     for listener in listeners {
@@ -370,7 +375,8 @@ pub async fn run(
         let stop = token.clone().cancelled_owned();
         match (listener, &config.tls) {
             (Listener::Tcp(l), Some(tls)) => {
-                servers.spawn(router.serve_with_incoming_shutdown(tls.clone().incoming(l), stop));
+                let incoming = tls.clone().incoming(l, handshakes.clone());
+                servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
             (Listener::Tcp(l), None) => {
                 let incoming = TcpListenerStream::new(l).map(|s| {
