@@ -298,8 +298,19 @@ async fn collector_wire_acks_retries_and_statuses() {
         collector.seen(|s| s.acked.contains_key("h-1-hold") && s.acked.contains_key("h-3"))
     })
     .await;
-    // Give a wrong re-send the chance to happen before checking there was none.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything before the spool's cursor has had its final answer: any
+    // re-send of these batches would have happened by then.
+    let spool = dir
+        .path()
+        .join("spool")
+        .join(meterd::sink::forward::spool_name(
+            "http",
+            &sink["http=".len()..],
+        ));
+    wait_for("the spool to be delivered", || {
+        crate::common::spool_pending(&spool) == 0
+    })
+    .await;
     collector.seen(|s| {
         assert_eq!(
             s.received["h-1-hold"], 2,
