@@ -9,9 +9,11 @@
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
 //! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes;
-//!   `server/authority.rs` decides which `:authority` each listener accepts.
+//!   `server/authority.rs` decides which `:authority` each listener accepts; `server/budget.rs`
+//!   bounds the bytes of records waiting for the sinks (`--max-queue-bytes`).
 //! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
-//!   upstreams `grpc`, `http`, `nats`), and the factory; `sink/deliver.rs`
+//!   upstreams `grpc`, `http`, `nats`), and `sink/spec.rs` (`--sink` specs and
+//!   the factory); `sink/fanout.rs` says what a partial failure means; `sink/deliver.rs`
 //!   pipelines spooled windows to an upstream, `sink/verdict.rs` says what
 //!   every upstream answer means for the records.
 //! - [`spool`]: the durable spool under forwarding sinks: cursors, windows,
