@@ -4,13 +4,16 @@
 //! Go-compatible JSONL ledger (or another sink).
 //!
 //! # Layout
+//! - [`addr`]: endpoint addresses (`HOST:PORT`, `unix:/path`), used by the server and the client commands.
 //! - [`pb`]: generated protobuf types of `proto/metering/v1` and the descriptor set.
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
 //! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes;
-//!   `server/authority.rs` decides which `:authority` each listener accepts.
+//!   `server/authority.rs` decides which `:authority` each listener accepts; `server/budget.rs`
+//!   bounds the bytes of records waiting for the sinks (`--max-queue-bytes`).
 //! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
-//!   upstreams `grpc`, `http`, `nats`), and the factory; `sink/deliver.rs`
+//!   upstreams `grpc`, `http`, `nats`), and `sink/spec.rs` (`--sink` specs and
+//!   the factory); `sink/fanout.rs` says what a partial failure means; `sink/deliver.rs`
 //!   pipelines spooled windows to an upstream, `sink/verdict.rs` says what
 //!   every upstream answer means for the records.
 //! - [`spool`]: the durable spool under forwarding sinks: cursors, windows,
@@ -20,6 +23,7 @@
 //!   entries into intervals and cuts them into exact, DST-aware calendar buckets.
 //! - [`cli`]: the `meterd` command line.
 
+pub mod addr;
 pub mod cli;
 pub mod ledger;
 pub mod log;

@@ -11,6 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod fields;
+
+pub use fields::field_label;
+
 /// A finished RPC.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
@@ -27,11 +31,11 @@ pub struct RecordLabels {
     pub reason: &'static str,
 }
 
-/// A rejected record and the field whose rule it broke.
+/// A rejected record and the field whose rule it broke (see [`field_label`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub r#type: &'static str,
-    pub field: String,
+    pub field: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,28 +61,6 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
-/// A field path with its indexes dropped (`metrics[3].key` becomes
-/// `metrics[].key`), so that a label counting rejections by field stays bounded.
-pub fn unindexed(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let mut in_index = false;
-    for c in field.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                out.push('[');
-            }
-            ']' => {
-                in_index = false;
-                out.push(']');
-            }
-            _ if in_index => {}
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 /// Every metric meterd exports. Safe for concurrent use.
 pub struct Metrics {
     registry: Registry,
@@ -90,6 +72,7 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     pub group_records: Histogram,
     pub in_flight: Gauge,
+    pub queue_bytes: Gauge,
     pub backlog_records: Family<ForwardLabels, Gauge>,
     pub backlog_bytes: Family<ForwardLabels, Gauge>,
     pub oldest_pending_seconds: Family<ForwardLabels, Gauge>,
@@ -122,6 +105,7 @@ impl Metrics {
             // 1 .. 4096 records per group commit
             group_records: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             in_flight: Gauge::default(),
+            queue_bytes: Gauge::default(),
             backlog_records: Family::default(),
             backlog_bytes: Family::default(),
             oldest_pending_seconds: Family::default(),
@@ -177,6 +161,11 @@ impl Metrics {
             "in_flight_requests",
             "Calls and streams being served now",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of records handed to the sinks and not yet written (bounded by --max-queue-bytes)",
+            m.queue_bytes.clone(),
         );
         registry.register(
             "forward_backlog_records",

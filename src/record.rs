@@ -9,70 +9,13 @@ use time::OffsetDateTime;
 
 use crate::pb;
 
+mod check;
 mod encoded;
+mod names;
 
-pub use encoded::{Body, Outcome, Record};
-
-/// A lifecycle endpoint. Downstream pairs `*.start` with `*.stop` by id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    VmComputeStart,
-    VmComputeStop,
-    VmStorageStart,
-    VmStorageStop,
-    SnapStorageStart,
-    SnapStorageStop,
-}
-
-impl Kind {
-    /// The wire name, as the Go package spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::VmComputeStart => "vm.compute.start",
-            Kind::VmComputeStop => "vm.compute.stop",
-            Kind::VmStorageStart => "vm.storage.start",
-            Kind::VmStorageStop => "vm.storage.stop",
-            Kind::SnapStorageStart => "snap.storage.start",
-            Kind::SnapStorageStop => "snap.storage.stop",
-        }
-    }
-
-    /// True for the `vm.*` kinds, which are keyed by `vm_id`.
-    pub fn is_vm(self) -> bool {
-        !matches!(self, Kind::SnapStorageStart | Kind::SnapStorageStop)
-    }
-}
-
-/// Why an endpoint was emitted. Not tied to start or stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Boot,
-    Restart,
-    Clone,
-    Restore,
-    HibernateWake,
-    StopUser,
-    StopCrash,
-    VmRemove,
-    SnapRemove,
-}
-
-impl Reason {
-    /// The wire name, as the Go package spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Boot => "boot",
-            Reason::Restart => "restart",
-            Reason::Clone => "clone",
-            Reason::Restore => "restore",
-            Reason::HibernateWake => "hibernate-wake",
-            Reason::StopUser => "stop-user",
-            Reason::StopCrash => "stop-crash",
-            Reason::VmRemove => "vm-rm",
-            Reason::SnapRemove => "snap-rm",
-        }
-    }
-}
+pub use check::Check;
+pub use encoded::{content_key, Body, Outcome, Record};
+pub use names::{Kind, Reason};
 
 /// Resources at an endpoint; all values are non-negative.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,223 +147,6 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// Validates protobuf input against the limits at one instant (`now`).
-pub struct Check<'a> {
-    pub limits: &'a Limits,
-    pub now: OffsetDateTime,
-}
-
-// === impl Check ===
-
-impl Check<'_> {
-    /// Converts an `Entry`, or names the first field that breaks a rule.
-    /// Field names are relative to the entry (`vm_id`, `shape.cpu`).
-    pub fn entry(&self, pb: pb::Entry) -> Result<Entry, Invalid> {
-        let kind = match pb::Kind::try_from(pb.kind) {
-            Ok(k) => kind_from_pb(k).ok_or_else(|| Invalid::new("kind", "must be set"))?,
-            Err(_) => return Err(Invalid::new("kind", format!("unknown value {}", pb.kind))),
-        };
-        let reason = match pb::Reason::try_from(pb.reason) {
-            Ok(r) => reason_from_pb(r),
-            Err(_) => {
-                return Err(Invalid::new(
-                    "reason",
-                    format!("unknown value {}", pb.reason),
-                ))
-            }
-        };
-        self.id("vm_id", &pb.vm_id)?;
-        self.id("snapshot_id", &pb.snapshot_id)?;
-        self.id("source_snapshot_id", &pb.source_snapshot_id)?;
-        self.id("id", &pb.id)?;
-        self.text("hypervisor", &pb.hypervisor)?;
-        if kind.is_vm() && pb.vm_id.is_empty() {
-            return Err(Invalid::new(
-                "vm_id",
-                format!("must be set for kind {}", kind.as_str()),
-            ));
-        }
-        if !kind.is_vm() && pb.snapshot_id.is_empty() {
-            return Err(Invalid::new(
-                "snapshot_id",
-                format!("must be set for kind {}", kind.as_str()),
-            ));
-        }
-        let shape = pb.shape.unwrap_or_default();
-        for (name, value) in [
-            ("shape.cpu", shape.cpu),
-            ("shape.mem_bytes", shape.mem_bytes),
-            ("shape.storage_bytes", shape.storage_bytes),
-        ] {
-            if value < 0 {
-                return Err(Invalid::new(name, "must not be negative"));
-            }
-        }
-        let emitted_at = match pb.emitted_at {
-            None => self.now,
-            Some(ts) => self.time("emitted_at", ts)?,
-        };
-        Ok(Entry {
-            kind,
-            vm_id: pb.vm_id,
-            snapshot_id: pb.snapshot_id,
-            source_snapshot_id: pb.source_snapshot_id,
-            reason,
-            hypervisor: pb.hypervisor,
-            shape: Shape {
-                cpu: shape.cpu,
-                mem_bytes: shape.mem_bytes,
-                storage_bytes: shape.storage_bytes,
-            },
-            emitted_at,
-            id: pb.id,
-        })
-    }
-
-    /// Converts a `MetricBatch`, or names the first field that breaks a rule.
-    /// Counts are checked before anything inside the batch is looked at.
-    pub fn batch(&self, pb: pb::MetricBatch) -> Result<MetricBatch, Invalid> {
-        let limits = self.limits;
-        if pb.metrics.len() > limits.max_metrics_per_batch {
-            return Err(Invalid::new(
-                "metrics",
-                format!(
-                    "{} metrics exceed the limit of {} per batch",
-                    pb.metrics.len(),
-                    limits.max_metrics_per_batch
-                ),
-            ));
-        }
-        self.required_id("uuid", &pb.uuid)?;
-        self.required_id("model_uuid", &pb.model_uuid)?;
-        if pb.unit_name.is_empty() {
-            return Err(Invalid::new("unit_name", "must not be empty"));
-        }
-        self.text("unit_name", &pb.unit_name)?;
-        self.text("model_name", &pb.model_name)?;
-        self.text("charm_url", &pb.charm_url)?;
-        for (name, bytes) in [
-            ("credentials", &pb.credentials),
-            ("reseller_credentials", &pb.reseller_credentials),
-            ("sla_credentials", &pb.sla_credentials),
-        ] {
-            if bytes.len() > limits.max_credential_bytes {
-                return Err(Invalid::new(
-                    name,
-                    format!("longer than {} bytes", limits.max_credential_bytes),
-                ));
-            }
-        }
-        let created = match pb.created {
-            None => self.now,
-            Some(ts) => self.time("created", ts)?,
-        };
-        let metrics = pb
-            .metrics
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                self.metric(m)
-                    .map_err(|e| e.within(&format!("metrics[{i}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(MetricBatch {
-            uuid: pb.uuid,
-            model_uuid: pb.model_uuid,
-            model_name: pb.model_name,
-            unit_name: pb.unit_name,
-            charm_url: pb.charm_url,
-            created,
-            metrics,
-            credentials: pb.credentials,
-            reseller_credentials: pb.reseller_credentials,
-            sla_credentials: pb.sla_credentials,
-        })
-    }
-
-    fn metric(&self, pb: pb::Metric) -> Result<Metric, Invalid> {
-        if pb.key.is_empty() {
-            return Err(Invalid::new("key", "must not be empty"));
-        }
-        self.text("key", &pb.key)?;
-        self.text("value", &pb.value)?;
-        let time = match pb.time {
-            None => return Err(Invalid::new("time", "must be set")),
-            Some(ts) => self.time("time", ts)?,
-        };
-        if pb.labels.len() > self.limits.max_labels_per_metric {
-            return Err(Invalid::new(
-                "labels",
-                format!(
-                    "{} labels exceed the limit of {}",
-                    pb.labels.len(),
-                    self.limits.max_labels_per_metric
-                ),
-            ));
-        }
-        for (k, v) in &pb.labels {
-            self.text("labels", k)?;
-            self.text(&format!("labels[{k:?}]"), v)?;
-        }
-        Ok(Metric {
-            key: pb.key,
-            value: pb.value,
-            time,
-            labels: pb.labels,
-        })
-    }
-
-    fn required_id(&self, field: &str, value: &str) -> Result<(), Invalid> {
-        if value.is_empty() {
-            return Err(Invalid::new(field, "must not be empty"));
-        }
-        self.id(field, value)
-    }
-
-    fn id(&self, field: &str, value: &str) -> Result<(), Invalid> {
-        check_str(field, value, self.limits.max_id_len)
-    }
-
-    fn text(&self, field: &str, value: &str) -> Result<(), Invalid> {
-        check_str(field, value, self.limits.max_string_len)
-    }
-
-    /// A valid protobuf Timestamp, not further ahead of `now` than the skew.
-    fn time(&self, field: &str, ts: prost_types::Timestamp) -> Result<OffsetDateTime, Invalid> {
-        let t = timestamp_to_time(&ts).ok_or_else(|| {
-            Invalid::new(
-                field,
-                "not a valid timestamp (years 0001 to 9999, nanos 0 to 999999999)",
-            )
-        })?;
-        if t > self.now + self.limits.max_clock_skew {
-            return Err(Invalid::new(
-                field,
-                format!(
-                    "more than {} in the future",
-                    humantime::format_duration(self.limits.max_clock_skew)
-                ),
-            ));
-        }
-        Ok(t)
-    }
-}
-
-fn check_str(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
-    if value.len() > max {
-        return Err(Invalid::new(field, format!("longer than {max} bytes")));
-    }
-    // Control characters would let one record masquerade as several in
-    // line-oriented tools downstream; JSON escaping alone does not protect them.
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(Invalid::new(
-            field,
-            format!("contains control character U+{:04X}", c as u32),
-        ));
-    }
-    Ok(())
-}
-
 /// Converts a protobuf Timestamp within the range the JSON encoding can
 /// represent (years 0001..=9999), or `None`.
 pub fn timestamp_to_time(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
@@ -440,44 +166,17 @@ pub fn time_to_timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
-fn kind_from_pb(k: pb::Kind) -> Option<Kind> {
-    Some(match k {
-        pb::Kind::Unspecified => return None,
-        pb::Kind::VmComputeStart => Kind::VmComputeStart,
-        pb::Kind::VmComputeStop => Kind::VmComputeStop,
-        pb::Kind::VmStorageStart => Kind::VmStorageStart,
-        pb::Kind::VmStorageStop => Kind::VmStorageStop,
-        pb::Kind::SnapStorageStart => Kind::SnapStorageStart,
-        pb::Kind::SnapStorageStop => Kind::SnapStorageStop,
-    })
-}
-
-fn reason_from_pb(r: pb::Reason) -> Option<Reason> {
-    Some(match r {
-        pb::Reason::Unspecified => return None,
-        pb::Reason::Boot => Reason::Boot,
-        pb::Reason::Restart => Reason::Restart,
-        pb::Reason::Clone => Reason::Clone,
-        pb::Reason::Restore => Reason::Restore,
-        pb::Reason::HibernateWake => Reason::HibernateWake,
-        pb::Reason::StopUser => Reason::StopUser,
-        pb::Reason::StopCrash => Reason::StopCrash,
-        pb::Reason::VmRm => Reason::VmRemove,
-        pb::Reason::SnapRm => Reason::SnapRemove,
-    })
-}
-
 // === impl From<&Entry> for pb::Entry ===
 
 impl From<&Entry> for pb::Entry {
     /// The protobuf form of a validated entry, for forwarding upstream.
     fn from(e: &Entry) -> pb::Entry {
         pb::Entry {
-            kind: kind_to_pb(e.kind) as i32,
+            kind: e.kind.to_pb() as i32,
             vm_id: e.vm_id.clone(),
             snapshot_id: e.snapshot_id.clone(),
             source_snapshot_id: e.source_snapshot_id.clone(),
-            reason: e.reason.map_or(pb::Reason::Unspecified, reason_to_pb) as i32,
+            reason: e.reason.map_or(pb::Reason::Unspecified, Reason::to_pb) as i32,
             hypervisor: e.hypervisor.clone(),
             shape: Some(pb::Shape {
                 cpu: e.shape.cpu,
@@ -514,30 +213,5 @@ impl From<&MetricBatch> for pb::MetricBatch {
             reseller_credentials: b.reseller_credentials.clone(),
             sla_credentials: b.sla_credentials.clone(),
         }
-    }
-}
-
-fn kind_to_pb(k: Kind) -> pb::Kind {
-    match k {
-        Kind::VmComputeStart => pb::Kind::VmComputeStart,
-        Kind::VmComputeStop => pb::Kind::VmComputeStop,
-        Kind::VmStorageStart => pb::Kind::VmStorageStart,
-        Kind::VmStorageStop => pb::Kind::VmStorageStop,
-        Kind::SnapStorageStart => pb::Kind::SnapStorageStart,
-        Kind::SnapStorageStop => pb::Kind::SnapStorageStop,
-    }
-}
-
-fn reason_to_pb(r: Reason) -> pb::Reason {
-    match r {
-        Reason::Boot => pb::Reason::Boot,
-        Reason::Restart => pb::Reason::Restart,
-        Reason::Clone => pb::Reason::Clone,
-        Reason::Restore => pb::Reason::Restore,
-        Reason::HibernateWake => pb::Reason::HibernateWake,
-        Reason::StopUser => pb::Reason::StopUser,
-        Reason::StopCrash => pb::Reason::StopCrash,
-        Reason::VmRemove => pb::Reason::VmRm,
-        Reason::SnapRemove => pb::Reason::SnapRm,
     }
 }

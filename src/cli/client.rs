@@ -9,9 +9,9 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::{EmitArgs, HealthArgs};
+use crate::addr::ListenAddr;
 use crate::pb::metering_service_client::MeteringServiceClient;
-use crate::pb::{EmitRequest, Entry, Kind, Reason, Shape};
-use crate::server::ListenAddr;
+use crate::pb::{EmitRequest, Entry, Reason, Shape};
 
 /// Connects to a server over TCP or a Unix socket.
 pub async fn connect(
@@ -67,16 +67,14 @@ pub async fn health(args: HealthArgs) -> Result<(), String> {
 
 /// `meterd emit`: records one entry, printing the server's answer.
 pub async fn emit(args: EmitArgs) -> Result<(), String> {
-    let kind = Kind::from_str_name(&format!(
-        "KIND_{}",
-        args.kind.replace('.', "_").to_uppercase()
-    ))
-    .ok_or_else(|| format!("--kind: unknown kind {:?}", args.kind))?;
+    let kind = crate::record::Kind::from_wire(&args.kind)
+        .ok_or_else(|| format!("--kind: unknown kind {:?}", args.kind))?
+        .to_pb();
     let reason = match &args.reason {
         None => Reason::Unspecified,
-        Some(r) => Reason::from_str_name(&format!("REASON_{}", r.replace('-', "_").to_uppercase()))
-            .filter(|r| *r != Reason::Unspecified)
-            .ok_or_else(|| format!("--reason: unknown reason {r:?}"))?,
+        Some(r) => crate::record::Reason::from_wire(r)
+            .ok_or_else(|| format!("--reason: unknown reason {r:?}"))?
+            .to_pb(),
     };
     let entry = Entry {
         kind: kind as i32,

@@ -11,9 +11,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Serialize, Serializer};
 
+use crate::addr::ListenAddr;
 use crate::ledger::Fsync;
 use crate::record::Limits;
-use crate::server::ListenAddr;
 use crate::sink::forward::ForwardMode;
 use crate::sink::{SinkSpec, SinkSpecs};
 
@@ -222,6 +222,9 @@ pub struct ServeArgs {
     /// Calls and open SubmitBatch streams served at once; beyond it new ones get RESOURCE_EXHAUSTED at once.
     #[arg(long, value_name = "N", default_value_t = 1024, env = "METERD_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// Bytes of accepted records handed to the sinks and not yet written (1 to 4GiB); beyond it callers wait up to 5s (or most of their own deadline), then get RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size, env = "METERD_MAX_QUEUE_BYTES")]
+    pub max_queue_bytes: i64,
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, value_name = "N", default_value_t = 256, env = "METERD_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
@@ -257,6 +260,9 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// TLS handshakes in progress at once (over all TCP listeners); at the cap the oldest is dropped, so stalled handshakes cannot pile up.
+    #[arg(long, value_name = "N", default_value_t = 512, env = "METERD_MAX_TLS_HANDSHAKES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tls_handshakes: u32,
     /// CA (PEM) that client certificates must chain to: enables mutual TLS.
     #[arg(
         long,

@@ -138,12 +138,22 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             max_message_bytes: args.max_message_bytes,
             shutdown_grace: args.shutdown_grace,
             max_in_flight: args.max_in_flight as usize,
+            max_queue_bytes: u64::try_from(args.max_queue_bytes)
+                .ok()
+                .filter(|b| (1..=1 << 32).contains(b))
+                .ok_or_else(|| {
+                    format!(
+                        "--max-queue-bytes {}: must be between 1 byte and 4GiB",
+                        args.max_queue_bytes
+                    )
+                })?,
             max_streams_per_connection: args.max_streams_per_connection,
             http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
             http2_keepalive_timeout: args.http2_keepalive_timeout,
             tcp_keepalive: nonzero(args.tcp_keepalive),
             max_connection_age: nonzero(args.max_connection_age),
             tls,
+            max_tls_handshakes: args.max_tls_handshakes as usize,
             auth,
             auth_all_services: args.auth_all_services,
         },
@@ -224,8 +234,15 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
         return;
     };
     while hup.recv().await.is_some() {
+        // The reloads read files: off the async workers.
+        let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        };
         if let Some(tls) = &tls {
-            match tls.reload() {
+            let tls = tls.clone();
+            match blocking(Box::new(move || tls.reload())).await {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
@@ -233,7 +250,8 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
             }
         }
         if auth.enabled() {
-            match auth.reload() {
+            let auth = auth.clone();
+            match blocking(Box::new(move || auth.reload())).await {
                 Ok(()) => tracing::info!("tokens reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "token reload failed; keeping the previous tokens")

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use crate::log::{annotate, write_atomically, Fsync};
 use crate::log::{KeyOf, Log, LogConfig, Unreadable};
-use crate::record::Record;
+use crate::record::{content_key, Record};
 
 /// Active file of lifecycle entries, byte-compatible with the Go package's file backend.
 pub const ENTRIES_FILE: &str = "entries.jsonl";
@@ -158,11 +158,15 @@ struct BatchKey<'a> {
     created: Cow<'a, str>,
 }
 
-/// The `id` of an entry line (`None` when it has none); `Err` when the line
-/// is not an entry.
+/// The key of an entry line: its `id`, or for an entry without one its
+/// [`content_key`] (as the edge gave it); `Err` when the line is not an
+/// entry.
 pub fn entry_key(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
     let k: EntryKey = serde_json::from_slice(line).map_err(|_| Unreadable)?;
-    Ok(k.id.filter(|id| !id.is_empty()))
+    Ok(Some(
+        k.id.filter(|id| !id.is_empty())
+            .unwrap_or_else(|| Cow::Owned(content_key(line).into())),
+    ))
 }
 
 /// The `uuid` of a batch line; `Err` when the line is not a batch.
@@ -177,12 +181,12 @@ pub fn batch_key(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
 fn entry_key_fast(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
     const ID: &[u8] = b",\"id\":\"";
     let Some(at) = memchr::memmem::rfind(line, ID) else {
-        return Ok(None);
+        return Ok(Some(Cow::Owned(content_key(line).into())));
     };
     let rest = &line[at + ID.len()..];
     match memchr::memchr2(b'"', b'\\', rest) {
-        Some(end) if rest[end] == b'"' => std::str::from_utf8(&rest[..end])
-            .map(|id| (!id.is_empty()).then_some(Cow::Borrowed(id)))
+        Some(end) if rest[end] == b'"' && end > 0 => std::str::from_utf8(&rest[..end])
+            .map(|id| Some(Cow::Borrowed(id)))
             .map_err(|_| Unreadable),
         _ => entry_key(line),
     }

@@ -102,13 +102,14 @@ fn refuse(req: &Request<()>, why: &str) -> Status {
     // not fill the log.
     static REFUSED: super::quiet::Quiet = super::quiet::Quiet::new("bad or missing token");
     REFUSED.refused(&format_args!("{rpc}: {why}"));
-    Status::unauthenticated(why)
+    super::status::unauthenticated(why)
 }
 
 /// Label values must be static: known methods map to themselves.
 fn static_rpc(name: &str) -> &'static str {
     match name {
         "Emit" => "Emit",
+        "EmitBatch" => "EmitBatch",
         "SubmitBatch" => "SubmitBatch",
         "Check" => "Check",
         "Watch" => "Watch",

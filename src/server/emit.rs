@@ -6,12 +6,16 @@ use time::OffsetDateTime;
 
 use super::status::Error;
 use super::Shared;
-use crate::metrics::{metrics, RecordLabels, RejectLabels, TypeLabels};
+use crate::metrics::{field_label, metrics, RecordLabels, RejectLabels, TypeLabels};
 use crate::pb::{EmitRequest, EmitResponse};
 use crate::record::{time_to_timestamp, Check, Invalid};
 use crate::sink::{Outcome, Record};
 
-pub(super) async fn emit(shared: &Arc<Shared>, req: EmitRequest) -> Result<EmitResponse, Error> {
+pub(super) async fn emit(
+    shared: &Arc<Shared>,
+    req: EmitRequest,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<EmitResponse, Error> {
     let check = Check {
         limits: &shared.limits,
         now: OffsetDateTime::now_utc(),
@@ -25,7 +29,7 @@ pub(super) async fn emit(shared: &Arc<Shared>, req: EmitRequest) -> Result<EmitR
                 .rejected
                 .get_or_create(&RejectLabels {
                     r#type: "entry",
-                    field: e.field.clone(),
+                    field: field_label(&e.field),
                 })
                 .inc();
         })?;
@@ -37,13 +41,15 @@ pub(super) async fn emit(shared: &Arc<Shared>, req: EmitRequest) -> Result<EmitR
     let emitted_at = time_to_timestamp(entry.emitted_at);
     tracing::debug!(kind = entry.kind.as_str(), vm_id = %entry.vm_id, snapshot_id = %entry.snapshot_id, id = %entry.id, "emit");
 
-    let outcomes = shared.submit(Arc::from([Record::entry(entry)])).await?;
+    let records: Arc<[Record]> = Arc::from([Record::entry(entry)]);
+    let held = shared.room(&records, deadline).await?;
+    let outcomes = shared.submit(records, held).await?;
     if let Some(Outcome::Rejected(why)) = outcomes.first() {
         metrics()
             .rejected
             .get_or_create(&RejectLabels {
                 r#type: "entry",
-                field: "upstream".into(),
+                field: "upstream",
             })
             .inc();
         return Err(Error::Rejected(why.to_string()));

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::status::Error;
 use super::Shared;
-use crate::metrics::{metrics, unindexed, RecordLabels, RejectLabels, TypeLabels};
+use crate::metrics::{field_label, metrics, RecordLabels, RejectLabels, TypeLabels};
 use crate::pb::{EmitBatchRequest, EmitBatchResponse, EntryResult};
 use crate::record::{time_to_timestamp, Check, Invalid};
 use crate::sink::{Outcome, Record};
@@ -16,6 +16,7 @@ use crate::sink::{Outcome, Record};
 pub(super) async fn emit_batch(
     shared: &Arc<Shared>,
     req: EmitBatchRequest,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<EmitBatchResponse, Error> {
     let max = shared.limits.max_entries_per_request;
     if req.entries.len() > max {
@@ -78,14 +79,14 @@ pub(super) async fn emit_batch(
         return Ok(EmitBatchResponse { results });
     }
 
-    let outcomes = shared.submit(records.into()).await?;
+    let records: Arc<[Record]> = records.into();
+    let held = shared.room(&records, deadline).await?;
+    let outcomes = shared.submit(records, held).await?;
     if outcomes.len() != accepted.len() {
-        // Never report an entry as recorded without the sink's word for it.
-        return Err(Error::Sink(crate::sink::SinkError::Unavailable(format!(
-            "the sink answered for {} of {} entries",
-            outcomes.len(),
-            accepted.len()
-        ))));
+        return Err(Error::Incomplete {
+            answered: outcomes.len(),
+            of: accepted.len(),
+        });
     }
     let m = metrics();
     for ((i, labels), outcome) in accepted.into_iter().zip(outcomes) {
@@ -119,7 +120,7 @@ fn count_rejected(field: &str) {
         .rejected
         .get_or_create(&RejectLabels {
             r#type: "entry",
-            field: unindexed(field),
+            field: field_label(field),
         })
         .inc();
 }

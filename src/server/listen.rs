@@ -1,43 +1,11 @@
-//! Listen addresses and bound listeners (TCP and Unix sockets).
+//! Bound listeners (TCP and Unix sockets) for [`ListenAddr`]s.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
 
-/// Where to listen: `HOST:PORT` or `unix:/path`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddr {
-    Tcp(String),
-    Unix(PathBuf),
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.strip_prefix("unix:") {
-            Some("") => Err("unix: needs a socket path, e.g. unix:/run/meterd.sock".into()),
-            Some(path) => Ok(ListenAddr::Unix(path.into())),
-            None if s
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
-            {
-                Ok(ListenAddr::Tcp(s.into()))
-            }
-            None => Err(format!("{s:?} is neither HOST:PORT nor unix:/path")),
-        }
-    }
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenAddr::Tcp(a) => f.write_str(a),
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use crate::addr::ListenAddr;
 
 /// A bound listener.
 pub enum Listener {
@@ -54,26 +22,12 @@ impl Listener {
         match addr {
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a.as_str()).await?)),
             ListenAddr::Unix(path) => {
-                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    if !meta.file_type().is_socket() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            format!("{} exists and is not a socket", path.display()),
-                        ));
-                    }
-                    // Refuse to steal the socket of a meterd that is running.
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AddrInUse,
-                            format!("{} is in use by a running server", path.display()),
-                        ));
-                    }
-                    std::fs::remove_file(path)?;
-                }
-                let listener = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))?;
-                Ok(Listener::Unix(listener, path.clone()))
+                // File system calls: off the async workers.
+                let (path, p) = (path.clone(), path.clone());
+                let std = tokio::task::spawn_blocking(move || bind_unix(&p, unix_mode))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                Ok(Listener::Unix(UnixListener::from_std(std)?, path))
             }
         }
     }
@@ -89,4 +43,29 @@ impl Listener {
             Listener::Unix(_, p) => ListenAddr::Unix(p.clone()),
         }
     }
+}
+
+/// Binds a Unix socket at `path` (blocking), replacing a stale socket file.
+fn bind_unix(path: &Path, unix_mode: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        // Refuse to steal the socket of a meterd that is running.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running server", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))?;
+    Ok(listener)
 }

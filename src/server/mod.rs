@@ -23,6 +23,7 @@ use crate::sink::{Outcome, Record, Sink, SinkError};
 
 mod auth;
 mod authority;
+mod budget;
 mod emit;
 mod emit_batch;
 mod health;
@@ -48,6 +49,9 @@ pub struct Config {
     /// Calls (and open SubmitBatch streams) served at once; beyond it new
     /// ones get RESOURCE_EXHAUSTED at once instead of queueing.
     pub max_in_flight: usize,
+    /// Bytes of records handed to the sinks and not yet written; beyond it
+    /// callers wait, then get RESOURCE_EXHAUSTED (see `budget.rs`).
+    pub max_queue_bytes: u64,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
     /// HTTP/2 pings to idle connections, and how long to wait for the answer
@@ -61,6 +65,9 @@ pub struct Config {
     pub max_connection_age: Option<Duration>,
     /// TLS for TCP listeners; Unix sockets stay plaintext.
     pub tls: Option<Arc<Tls>>,
+    /// TLS handshakes in progress at once, over all listeners; at the cap
+    /// the oldest is dropped (see `tls.rs`).
+    pub max_tls_handshakes: usize,
     /// Bearer tokens for MeteringService (and, with `auth_all_services`,
     /// health and reflection too).
     pub auth: Auth,
@@ -74,12 +81,14 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             max_in_flight: 1024,
+            max_queue_bytes: 64 << 20,
             max_streams_per_connection: 256,
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Some(Duration::from_secs(60)),
             max_connection_age: None,
             tls: None,
+            max_tls_handshakes: 512,
             auth: Auth::none(),
             auth_all_services: false,
         }
@@ -93,6 +102,7 @@ pub(crate) struct Shared {
     health: health::Health,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    budget: budget::Budget,
 }
 
 /// A call admitted under `--max-in-flight`; releases its slot when dropped.
@@ -108,30 +118,60 @@ impl Drop for Admission {
 
 impl Shared {
     /// Admits a call, or refuses it at once when the server is full.
-    fn admit(&self) -> Result<Admission, Status> {
-        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "server busy: {} calls in flight (--max-in-flight); retry with backoff",
-                self.max_in_flight
-            ))
-        })?;
+    fn admit(&self) -> Result<Admission, status::Error> {
+        let permit =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| status::Error::Busy {
+                    max_in_flight: self.max_in_flight,
+                })?;
         metrics().in_flight.inc();
         Ok(Admission { _permit: permit })
     }
 
+    /// Takes room for `records` in `--max-queue-bytes`, waiting up to
+    /// [`budget::QUEUE_WAIT`] or most of what is left until `deadline`.
+    async fn room(
+        &self,
+        records: &[Record],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<budget::Held, status::Error> {
+        static FULL: quiet::Quiet = quiet::Quiet::new("queue full");
+        match self
+            .budget
+            .take(records, budget::wait_within(deadline))
+            .await
+        {
+            Ok(held) => {
+                FULL.accepted();
+                Ok(held)
+            }
+            Err(e) => {
+                FULL.refused(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Hands records to the sink now (so they are written in call order)
-    /// and returns a future of the outcome that keeps health in step with it.
+    /// and returns a future of the outcome. The write is awaited by a task
+    /// of its own, which keeps health in step with it and holds the room
+    /// `held` until the sink answers, also when the caller has gone.
     fn submit(
         self: &Arc<Self>,
         records: Arc<[Record]>,
+        held: budget::Held,
     ) -> impl Future<Output = Result<Vec<Outcome>, SinkError>> + Send + 'static {
         let write = self.sink.submit(records);
         let this = self.clone();
-        async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
             // Logged once per change of state, with counts (see quiet.rs).
             static FAILING: quiet::Quiet = quiet::Quiet::new("writes failing");
             static FULL: quiet::Quiet = quiet::Quiet::new("sink full");
             let result = write.await;
+            drop(held);
             match &result {
                 Ok(_) => {
                     FAILING.accepted();
@@ -144,7 +184,15 @@ impl Shared {
                 }
                 Err(e @ SinkError::Exhausted(_)) => FULL.refused(e),
             }
-            result
+            // A failed send: the caller has gone.
+            let _ = tx.send(result);
+        });
+        async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(SinkError::Unavailable(
+                    "the write's task ended without an answer".into(),
+                ))
+            })
         }
     }
 }
@@ -169,16 +217,17 @@ pub struct Metering {
 #[tonic::async_trait]
 impl MeteringService for Metering {
     async fn emit(&self, request: Request<EmitRequest>) -> Result<Response<EmitResponse>, Status> {
+        let deadline = budget::deadline(request.metadata());
         let result = match self.shared.admit() {
             Ok(admission) => {
-                let r = emit::emit(&self.shared, request.into_inner()).await;
+                let r = emit::emit(&self.shared, request.into_inner(), deadline).await;
                 drop(admission);
                 r.map_err(|e| {
                     tracing::debug!(error = %e, "emit failed");
                     Status::from(e)
                 })
             }
-            Err(status) => Err(status),
+            Err(e) => Err(Status::from(e)),
         };
         count_rpc(
             "Emit",
@@ -193,16 +242,17 @@ impl MeteringService for Metering {
         &self,
         request: Request<EmitBatchRequest>,
     ) -> Result<Response<EmitBatchResponse>, Status> {
+        let deadline = budget::deadline(request.metadata());
         let result = match self.shared.admit() {
             Ok(admission) => {
-                let r = emit_batch::emit_batch(&self.shared, request.into_inner()).await;
+                let r = emit_batch::emit_batch(&self.shared, request.into_inner(), deadline).await;
                 drop(admission);
                 r.map_err(|e| {
                     tracing::debug!(error = %e, "emit batch failed");
                     Status::from(e)
                 })
             }
-            Err(status) => Err(status),
+            Err(e) => Err(Status::from(e)),
         };
         count_rpc(
             "EmitBatch",
@@ -219,14 +269,17 @@ impl MeteringService for Metering {
         &self,
         request: Request<Streaming<SubmitBatchRequest>>,
     ) -> Result<Response<Self::SubmitBatchStream>, Status> {
-        let admission = self
-            .shared
-            .admit()
-            .inspect_err(|s| count_rpc("SubmitBatch", s.code()))?;
+        let deadline = budget::deadline(request.metadata());
+        let admission = self.shared.admit().map_err(|e| {
+            let s = Status::from(e);
+            count_rpc("SubmitBatch", s.code());
+            s
+        })?;
         Ok(Response::new(submit_batch::submit_batch(
             self.shared.clone(),
             request.into_inner(),
             admission,
+            deadline,
         )))
     }
 }
@@ -268,6 +321,7 @@ pub async fn run(
         health: health.clone(),
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         max_in_flight: config.max_in_flight,
+        budget: budget::Budget::new(config.max_queue_bytes),
     });
     let guard = |enforce: bool| Interceptor {
         auth: config.auth.clone(),
@@ -298,6 +352,7 @@ pub async fn run(
     );
 
     let token = CancellationToken::new();
+    let handshakes = tls::Handshakes::new(config.max_tls_handshakes);
     let mut servers = tokio::task::JoinSet::new();
     let mut sockets = Vec::new();
     for listener in listeners {
@@ -320,7 +375,8 @@ pub async fn run(
         let stop = token.clone().cancelled_owned();
         match (listener, &config.tls) {
             (Listener::Tcp(l), Some(tls)) => {
-                servers.spawn(router.serve_with_incoming_shutdown(tls.clone().incoming(l), stop));
+                let incoming = tls.clone().incoming(l, handshakes.clone());
+                servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
             (Listener::Tcp(l), None) => {
                 let incoming = TcpListenerStream::new(l).map(|s| {
@@ -362,9 +418,13 @@ pub async fn run(
         tracing::warn!(grace = ?config.shutdown_grace, "calls still open after the grace period; closing them");
         servers.abort_all();
     }
-    for path in sockets {
-        let _ = std::fs::remove_file(path);
-    }
+    // Unlinking is file system work: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || {
+        for path in sockets {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+    .await;
     sink.close().await?;
     tracing::info!("ledger synced; bye");
     Ok(())

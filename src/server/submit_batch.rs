@@ -1,10 +1,13 @@
 //! `SubmitBatch`: the Juju collector exchange over a bidirectional stream.
 //!
-//! A reader task validates each request and starts its write at once; a
-//! responder task awaits the writes in request order and sends one response
-//! per request. Both hand-offs are bounded channels, so a client that pipelines
-//! faster than the disk, or stops reading, is slowed down rather than
-//! allowed to grow server memory.
+//! A reader task validates each request, takes room for its records in
+//! `--max-queue-bytes` and starts its write at once; a responder task awaits
+//! the writes in request order and sends one response per request. Both
+//! hand-offs are bounded channels, and the reader stops reading while it
+//! waits for room, so a client that pipelines faster than the disk, or stops
+//! reading, is slowed down rather than allowed to grow server memory. No
+//! room within the wait ends the stream with RESOURCE_EXHAUSTED, after the
+//! responses to the requests before it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,8 +17,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use super::status::Error;
 use super::{count_rpc, Admission, Shared};
-use crate::metrics::{metrics, unindexed, RecordLabels, RejectLabels, TypeLabels};
+use crate::metrics::{field_label, metrics, RecordLabels, RejectLabels, TypeLabels};
 use crate::pb::{
     EnvResponse, ModelStatus, RejectedBatch, SubmitBatchRequest, SubmitBatchResponse, UnitStatus,
 };
@@ -45,6 +49,7 @@ pub(super) fn submit_batch(
     shared: Arc<Shared>,
     mut inbound: Streaming<SubmitBatchRequest>,
     admission: Admission,
+    deadline: Option<tokio::time::Instant>,
 ) -> ResponseStream {
     let (pending_tx, mut pending_rx) = mpsc::channel::<Result<InFlight, Status>>(PIPELINE_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(RESPONSE_BUFFER);
@@ -53,7 +58,9 @@ pub(super) fn submit_batch(
     tokio::spawn(async move {
         loop {
             let item = match inbound.message().await {
-                Ok(Some(req)) => Ok(start(&reader_shared, req)),
+                Ok(Some(req)) => start(&reader_shared, req, deadline)
+                    .await
+                    .map_err(Status::from),
                 Ok(None) => break,
                 Err(status) => Err(status),
             };
@@ -92,8 +99,13 @@ pub(super) fn submit_batch(
 }
 
 /// Validates a request's batches and queues the accepted ones for writing,
-/// so the ledger keeps the stream's order.
-fn start(shared: &Arc<Shared>, req: SubmitBatchRequest) -> InFlight {
+/// so the ledger keeps the stream's order. Fails only when no room for
+/// them came free in time.
+async fn start(
+    shared: &Arc<Shared>,
+    req: SubmitBatchRequest,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<InFlight, Error> {
     let limits = &shared.limits;
     let mut rejected = Vec::new();
     let mut accepted = Vec::new();
@@ -131,12 +143,18 @@ fn start(shared: &Arc<Shared>, req: SubmitBatchRequest) -> InFlight {
         }
     }
 
-    let write = (!records.is_empty()).then(|| Box::pin(shared.submit(records.into())) as _);
-    InFlight {
+    let write = if records.is_empty() {
+        None
+    } else {
+        let records: Arc<[crate::sink::Record]> = records.into();
+        let held = shared.room(&records, deadline).await?;
+        Some(Box::pin(shared.submit(records, held)) as _)
+    };
+    Ok(InFlight {
         rejected,
         accepted,
         write,
-    }
+    })
 }
 
 /// Waits for a request's write and builds its response: acks grouped by
@@ -145,9 +163,7 @@ async fn finish(shared: &Shared, mut in_flight: InFlight) -> Result<SubmitBatchR
     let mut env_responses: BTreeMap<String, EnvResponse> = BTreeMap::new();
     let mut new_grace_period = None;
     if let Some(write) = in_flight.write {
-        let outcomes = write
-            .await
-            .map_err(|e| Status::from(super::status::Error::Sink(e)))?;
+        let outcomes = write.await.map_err(|e| Status::from(Error::Sink(e)))?;
         // Written and duplicate batches are both acknowledged: a re-sent
         // batch must be acked again so that its sender can forget it.
         for ((index, uuid, model_uuid), outcome) in in_flight.accepted.into_iter().zip(outcomes) {
@@ -230,7 +246,7 @@ fn count_rejected(field: &str) {
         .rejected
         .get_or_create(&RejectLabels {
             r#type: "batch",
-            field: unindexed(field),
+            field: field_label(field),
         })
         .inc();
 }

@@ -1,10 +1,12 @@
 //! TLS for TCP listeners (rustls): certificate and key from PEM files,
-//! optional client-certificate verification (mutual TLS), and reloading on
-//! SIGHUP without dropping the server or open connections.
+//! optional client-certificate verification (mutual TLS), reloading on
+//! SIGHUP without dropping the server or open connections, and a cap on
+//! handshakes in progress.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -13,6 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,10 +69,12 @@ impl Tls {
     }
 
     /// Accepts TCP connections and yields those whose handshake succeeds.
-    /// Handshakes run concurrently, each bounded by a timeout.
-    pub fn incoming(
+    /// Handshakes run concurrently, each bounded by a timeout, at most as
+    /// many at once as `handshakes` allows.
+    pub(crate) fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
+        handshakes: Arc<Handshakes>,
     ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
         tokio::spawn(async move {
@@ -88,8 +93,14 @@ impl Tls {
                 let _ = stream.set_nodelay(true);
                 let acceptor = self.acceptor();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let slots = handshakes.clone();
+                handshakes.start(move |id| async move {
+                    let shaken =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    // Finished: no longer a handshake in progress, whatever
+                    // the HTTP/2 server then makes of the connection.
+                    slots.done(id);
+                    match shaken {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
                         }
@@ -100,6 +111,66 @@ impl Tls {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// Handshakes in progress on every TLS listener, oldest first, at most
+/// `max`. Each holds a socket and rustls state, so without a cap peers that
+/// connect and never finish (slow or malicious) could exhaust memory and
+/// file descriptors for the [`HANDSHAKE_TIMEOUT`] each. At the cap, the
+/// oldest handshake is dropped rather than the new connection refused: a
+/// client that completes its handshake in milliseconds still gets through
+/// a flood of stalled ones, and the flood cannot hold more than `max`.
+/// Safe for concurrent use.
+pub(crate) struct Handshakes {
+    max: usize,
+    /// By start order (ids only grow).
+    pending: Mutex<(u64, BTreeMap<u64, AbortHandle>)>,
+}
+
+impl Handshakes {
+    pub(crate) fn new(max: usize) -> Arc<Handshakes> {
+        Arc::new(Handshakes {
+            max: max.max(1),
+            pending: Mutex::new((0, BTreeMap::new())),
+        })
+    }
+
+    /// Spawns a handshake task, first dropping the oldest one at the cap.
+    fn start<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        // Logged once per episode, with counts (see quiet.rs).
+        static FULL: super::quiet::Quiet = super::quiet::Quiet::new("TLS handshakes at the cap");
+        // Held while spawning, so that the task's `done` (which locks too)
+        // always finds its entry.
+        let mut guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let (next, pending) = &mut *guard;
+        if pending.len() >= self.max {
+            if let Some((_, oldest)) = pending.pop_first() {
+                oldest.abort();
+                FULL.refused(&format_args!(
+                    "{} handshakes in progress (--max-tls-handshakes); dropping the oldest",
+                    self.max
+                ));
+            }
+        } else {
+            FULL.accepted();
+        }
+        let id = *next;
+        *next += 1;
+        let handle = tokio::spawn(task(id));
+        pending.insert(id, handle.abort_handle());
+    }
+
+    fn done(&self, id: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .remove(&id);
     }
 }
 

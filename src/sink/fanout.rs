@@ -1,10 +1,21 @@
 //! Fan-out: a record is acknowledged once every sink has it.
+//!
+//! What a client sees when one sink fails after another wrote: the call
+//! fails with the failing sink's error (the first in `--sink` order when
+//! several fail), and the record stays written where it succeeded; nothing
+//! is rolled back, since a sink's write cannot be taken back. The client's
+//! retry (same entry `id` or batch uuid; an entry without an id carries its
+//! content key, see [`crate::record::content_key`]) is then written once
+//! everywhere: the sinks that have it answer "duplicate" (they de-duplicate
+//! by key), the one that failed writes it, and the call answers OK with
+//! `duplicate` set. Sinks that do not de-duplicate (`stderr`, `capture`,
+//! `nop`) write every copy they are given.
 
 use std::sync::Arc;
 
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 
-use super::{Outcome, Record, Sink, SinkFuture};
+use super::{Outcome, Record, Sink, SinkError, SinkFuture};
 
 /// Sends every record to all of its sinks. A record counts as a duplicate
 /// when any sink reports it as one (only de-duplicating sinks ever do), and
@@ -22,6 +33,13 @@ impl Fanout {
     }
 }
 
+/// Every result, then the first error in sink order: the call's answer
+/// waits for every sink, so that what the client hears is settled (and the
+/// server's queue budget is held until no sink is still writing).
+async fn all<T>(calls: Vec<SinkFuture<T>>) -> Result<Vec<T>, SinkError> {
+    join_all(calls).await.into_iter().collect()
+}
+
 impl Sink for Fanout {
     fn name(&self) -> &str {
         &self.name
@@ -34,7 +52,7 @@ impl Sink for Fanout {
             .map(|s| s.submit(records.clone()))
             .collect();
         Box::pin(async move {
-            let results = try_join_all(calls).await?;
+            let results = all(calls).await?;
             let mut merged = vec![Outcome::Written; records.len()];
             for outcomes in results {
                 for (m, o) in merged.iter_mut().zip(outcomes) {
@@ -51,7 +69,7 @@ impl Sink for Fanout {
 
     fn reopen(&self) -> SinkFuture<()> {
         let calls: Vec<_> = self.sinks.iter().map(|s| s.reopen()).collect();
-        Box::pin(async move { try_join_all(calls).await.map(|_| ()) })
+        Box::pin(async move { all(calls).await.map(|_| ()) })
     }
 
     fn relay(&self, model_uuid: &str) -> Option<super::Relay> {
@@ -62,8 +80,9 @@ impl Sink for Fanout {
         self.sinks.iter().flat_map(|s| s.health()).collect()
     }
 
+    /// Closes every sink, also when one fails to.
     fn close(&self) -> SinkFuture<()> {
         let calls: Vec<_> = self.sinks.iter().map(|s| s.close()).collect();
-        Box::pin(async move { try_join_all(calls).await.map(|_| ()) })
+        Box::pin(async move { all(calls).await.map(|_| ()) })
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::forward::{Upstream, UpstreamError, UpstreamFuture, Verdict};
+use super::forward::{ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
 use super::verdict::Failure;
 use super::{Body, MeterStatus, Record, Relay};
 use crate::metrics::{metrics, SinkLabels};
@@ -293,6 +293,26 @@ impl Upstream for HttpUpstream {
 
     fn takes_entries(&self) -> bool {
         self.entries_url.is_some()
+    }
+
+    /// A `HEAD` on the batches URL: any answer below 500 (a collector that
+    /// takes only POST answers 405) means the collector is there; a 5xx (a
+    /// proxy in front of a collector that is down) or no answer means not.
+    fn probe(&self) -> Option<ProbeFuture> {
+        let mut req = self.client.head(self.batches_url.clone());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        Some(Box::pin(async move {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("HEAD failed: {}", error_chain(&e.without_url())))?;
+            if resp.status().is_server_error() {
+                return Err(format!("collector answered {}", resp.status()));
+            }
+            Ok(())
+        }))
     }
 }
 

@@ -18,7 +18,7 @@ use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 
 use super::forward::{
-    delivery_id, ForwardOptions, Upstream, UpstreamError, UpstreamFuture, Verdict,
+    delivery_id, ForwardOptions, ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict,
 };
 use super::{Body, Record};
 
@@ -334,6 +334,17 @@ impl Upstream for NatsUpstream {
                 _ => Ok(verdicts),
             }
         })
+    }
+
+    /// The client connects (and reconnects) by itself: connected is there.
+    fn probe(&self) -> Option<ProbeFuture> {
+        let state = self.client.connection_state();
+        Some(Box::pin(async move {
+            match state {
+                State::Connected => Ok(()),
+                other => Err(format!("nats: {other:?}")),
+            }
+        }))
     }
 }
 

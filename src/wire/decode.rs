@@ -80,35 +80,14 @@ struct GoMetric {
 /// Parses one entry line.
 pub fn decode_entry(line: &[u8]) -> Result<Entry, DecodeError> {
     let g: GoEntry = serde_json::from_slice(line).map_err(|e| DecodeError(e.to_string()))?;
-    let kind = [
-        Kind::VmComputeStart,
-        Kind::VmComputeStop,
-        Kind::VmStorageStart,
-        Kind::VmStorageStop,
-        Kind::SnapStorageStart,
-        Kind::SnapStorageStop,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == g.kind)
-    .ok_or_else(|| DecodeError(format!("unknown kind {:?}", g.kind)))?;
+    let kind = Kind::from_wire(&g.kind)
+        .ok_or_else(|| DecodeError(format!("unknown kind {:?}", g.kind)))?;
     let reason = if g.reason.is_empty() {
         None
     } else {
         Some(
-            [
-                Reason::Boot,
-                Reason::Restart,
-                Reason::Clone,
-                Reason::Restore,
-                Reason::HibernateWake,
-                Reason::StopUser,
-                Reason::StopCrash,
-                Reason::VmRemove,
-                Reason::SnapRemove,
-            ]
-            .into_iter()
-            .find(|r| r.as_str() == g.reason)
-            .ok_or_else(|| DecodeError(format!("unknown reason {:?}", g.reason)))?,
+            Reason::from_wire(&g.reason)
+                .ok_or_else(|| DecodeError(format!("unknown reason {:?}", g.reason)))?,
         )
     };
     Ok(Entry {

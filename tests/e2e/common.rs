@@ -372,19 +372,15 @@ pub fn recent() -> prost_types::Timestamp {
 pub fn pb_entry_from_go(line: &str) -> pb::Entry {
     let v: Value = serde_json::from_str(line).unwrap();
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    let kind = Kind::from_str_name(&format!(
-        "KIND_{}",
-        s("kind").replace('.', "_").to_uppercase()
-    ))
-    .unwrap_or_else(|| panic!("kind {}", s("kind")));
+    let kind = meterd::record::Kind::from_wire(&s("kind"))
+        .unwrap_or_else(|| panic!("kind {}", s("kind")))
+        .to_pb();
     let reason = if s("reason").is_empty() {
         Reason::Unspecified
     } else {
-        Reason::from_str_name(&format!(
-            "REASON_{}",
-            s("reason").replace('-', "_").to_uppercase()
-        ))
-        .unwrap_or_else(|| panic!("reason {}", s("reason")))
+        meterd::record::Reason::from_wire(&s("reason"))
+            .unwrap_or_else(|| panic!("reason {}", s("reason")))
+            .to_pb()
     };
     let shape = &v["shape"];
     pb::Entry {

@@ -32,8 +32,11 @@ fn parse(text: &str) -> Trace {
     let mut trace = Trace::default();
     let mut unfinished: std::collections::HashMap<&str, (f64, &str)> = Default::default();
     for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // strace pads the pid to five columns: `4934  1795…` but `49341 1795…`.
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };

@@ -177,6 +177,27 @@ async fn assert_delivered_once(aggregator: &Path, spool: &Path, acked: &Acked) {
     }
 }
 
+/// Waits (with a deadline) until the clients got at least `entries` entries
+/// and `batches` batches acknowledged in all, counting from now plus what
+/// they had: load is measured in acks, never in time.
+async fn until_acked(acked: &Acked, entries: usize, batches: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (e, b) = (
+            acked.entries.lock().unwrap().len(),
+            acked.batches.lock().unwrap().len(),
+        );
+        if e >= entries && b >= batches {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: only {e} entries and {b} batches acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn grpc_sink(upstream: SocketAddr) -> String {
     format!("grpc={upstream}")
 }
@@ -196,16 +217,19 @@ async fn chained_meterd_delivers_everything_once_across_an_aggregator_outage() {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Acked::default());
     let load = start_load(sidecar.addr, "outage", stop.clone(), acked.clone());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    until_acked(&acked, 30, 10, "before the outage").await;
 
     // The aggregator dies hard; the sidecar keeps acknowledging from its spool.
     aggregator.kill9();
-    let acked_before = acked.entries.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        acked.entries.lock().unwrap().len() > acked_before + 20,
-        "the sidecar stopped acknowledging while its upstream was down"
-    );
+    let entries_before = acked.entries.lock().unwrap().len();
+    let batches_before = acked.batches.lock().unwrap().len();
+    until_acked(
+        &acked,
+        entries_before + 30,
+        batches_before + 10,
+        "the sidecar stopped acknowledging while its upstream was down",
+    )
+    .await;
     let spool = spool_dir(side_dir.path(), agg_addr);
     assert!(
         crate::common::spool_pending(&spool) > 0,
@@ -213,7 +237,11 @@ async fn chained_meterd_delivers_everything_once_across_an_aggregator_outage() {
     );
 
     let _aggregator = Binary::start_at(agg_addr, agg_dir.path(), &[]).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (e, b) = (
+        acked.entries.lock().unwrap().len(),
+        acked.batches.lock().unwrap().len(),
+    );
+    until_acked(&acked, e + 20, b + 5, "after the aggregator came back").await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.unwrap();
@@ -241,7 +269,7 @@ async fn a_sidecar_killed_mid_stream_delivers_its_spool_after_restart() {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Acked::default());
     let load = start_load(sidecar.addr, "kill", stop.clone(), acked.clone());
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    until_acked(&acked, 60, 25, "before the kill").await;
     sidecar.kill9();
     stop.store(true, Ordering::Relaxed);
     for t in load {
@@ -626,8 +654,14 @@ async fn a_refused_token_keeps_records_spooled_until_the_right_one_is_given() {
         "200ms",
     ];
 
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut args = common.to_vec();
-    args.extend(["--upstream-token-file", wrong.to_str().unwrap()]);
+    args.extend([
+        "--upstream-token-file",
+        wrong.to_str().unwrap(),
+        "--metrics-listen",
+        &metrics_addr,
+    ]);
     let mut sidecar = Binary::start(side_dir.path(), &args).await;
     let mut client = sidecar.client().await;
     client
@@ -635,8 +669,21 @@ async fn a_refused_token_keeps_records_spooled_until_the_right_one_is_given() {
         .await
         .unwrap();
     // UNAUTHENTICATED is not a verdict on the record: it stays spooled,
-    // it is not dead-lettered.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // it is not dead-lettered. Two refused attempts mean the first answer
+    // was acted on.
+    let retries = format!("meterd_forward_retries_total{{sink=\"{sink}\",stream=\"entries\"}}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crate::ops::scrape(&metrics_addr)
+        .await
+        .get(&retries)
+        .is_none_or(|n| *n < 2.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream was never tried twice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(entries(agg_dir.path()).is_empty());
     let spool = spools.path().join(meterd::sink::forward::spool_name(
         "grpc",

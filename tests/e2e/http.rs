@@ -60,7 +60,7 @@ impl Collector {
     async fn start() -> Collector {
         let state = Arc::new(CollectorState::default());
         let app = axum::Router::new()
-            .route("/metrics", post(batches))
+            .route("/metrics", post(batches).head(head))
             .route("/entries", post(entries))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,6 +179,15 @@ fn ack(state: &CollectorState, body: &[u8], too_late: bool) -> (StatusCode, Stri
     (StatusCode::OK, response.to_string())
 }
 
+/// What meterd's probe of a pass-through collector sees: 503 while down.
+async fn head(State(state): State<Arc<CollectorState>>) -> StatusCode {
+    if state.down.load(Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
 async fn entries(State(state): State<Arc<CollectorState>>, body: Bytes) -> (StatusCode, String) {
     if let Some(answer) = forced(&state) {
         return answer;
@@ -289,8 +298,19 @@ async fn collector_wire_acks_retries_and_statuses() {
         collector.seen(|s| s.acked.contains_key("h-1-hold") && s.acked.contains_key("h-3"))
     })
     .await;
-    // Give a wrong re-send the chance to happen before checking there was none.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything before the spool's cursor has had its final answer: any
+    // re-send of these batches would have happened by then.
+    let spool = dir
+        .path()
+        .join("spool")
+        .join(meterd::sink::forward::spool_name(
+            "http",
+            &sink["http=".len()..],
+        ));
+    wait_for("the spool to be delivered", || {
+        crate::common::spool_pending(&spool) == 0
+    })
+    .await;
     collector.seen(|s| {
         assert_eq!(
             s.received["h-1-hold"], 2,
@@ -518,4 +538,51 @@ async fn a_413_splits_the_request_and_a_400_dead_letters_only_the_refused_batch(
         crate::common::spool_pending(&spool) == 0
     })
     .await;
+}
+
+/// Pass-through to a collector that is down: health NOT_SERVING, and back
+/// to SERVING within 5 s of the collector returning, through a `HEAD` probe
+/// and with no POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_health_follows_the_collector() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let collector = Collector::start().await;
+    collector.state.down.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = collector.sink();
+    let server = Binary::start(
+        dir.path(),
+        &[
+            "--sink",
+            "jsonl",
+            "--sink",
+            &sink,
+            "--forward-mode",
+            "pass-through",
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    let s = client
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
+            batches: vec![batch("pt-h-1", "m")],
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+    let within = Duration::from_secs(5);
+    crate::passthrough::wait_health(server.addr, ServingStatus::NotServing, within).await;
+    let posts = collector.seen(|s| s.batch_bodies.len());
+
+    collector.state.down.store(false, Ordering::Relaxed);
+    crate::passthrough::wait_health(server.addr, ServingStatus::Serving, within).await;
+    assert_eq!(
+        collector.seen(|s| s.batch_bodies.len()),
+        posts,
+        "health came back through a POST"
+    );
 }

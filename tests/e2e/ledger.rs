@@ -51,8 +51,13 @@ async fn duplicate_entry_id_and_batch_uuid_are_written_once_across_a_restart() {
         .unwrap()
         .into_inner();
     assert!(after.duplicate, "the id survives a restart");
-    // Entries without an id are never de-duplicated.
-    client.emit(emit_req(vm_entry("vm-1", ""))).await.unwrap();
+    // Entries without an id are de-duplicated by content: the same entry
+    // (same emitted_at) again is a duplicate, another one is written.
+    let no_id = vm_entry("vm-1", "");
+    let first = client.emit(emit_req(no_id.clone())).await.unwrap();
+    assert!(!first.get_ref().duplicate);
+    let again = client.emit(emit_req(no_id)).await.unwrap();
+    assert!(again.get_ref().duplicate, "the same content is one record");
     client.emit(emit_req(vm_entry("vm-1", ""))).await.unwrap();
     let r = submit_all(
         &mut client,

@@ -1,5 +1,6 @@
 //! End-to-end tests of meterd: real servers, real clients, real files.
 
+mod bounds;
 mod chain;
 mod cli;
 mod common;
@@ -14,6 +15,7 @@ mod http;
 mod ledger;
 mod nats;
 mod ops;
+mod passthrough;
 mod python;
 mod security;
 mod sinks;

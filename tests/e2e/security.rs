@@ -387,3 +387,55 @@ async fn auth_all_services_guards_health_too() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Connections that never finish their TLS handshake hold at most
+/// `--max-tls-handshakes` sockets, and a client that does finish its
+/// handshake gets through while they keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_are_capped_and_do_not_lock_out_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_a = ca("ca-cap");
+    write_server_cert(dir.path(), &ca_a);
+    let (server, port) = tls_server(dir.path(), &ca_a, &["--max-tls-handshakes", "16"]).await;
+    let pid = server.child.id();
+    let baseline = open_fds(pid);
+
+    // 200 peers connect and never send a ClientHello.
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        stalled.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The server has accepted them all (each was either dropped or is
+    // waiting for its handshake): a well-behaved client gets through now.
+    let start = std::time::Instant::now();
+    let channel = tls_channel(port, &ca_a, None)
+        .await
+        .expect("a client that finishes its handshake gets through");
+    MeteringServiceClient::new(channel)
+        .emit(emit_req(vm_entry("vm-cap", "cap-1")))
+        .await
+        .expect("emit over TLS");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the client waited {:?}",
+        start.elapsed()
+    );
+    let held = open_fds(pid);
+    assert!(
+        held <= baseline + 16 + 8,
+        "{held} open descriptors with 200 stalled handshakes (baseline {baseline}, cap 16)"
+    );
+    assert!(
+        server.log_text().contains("TLS handshakes at the cap"),
+        "{}",
+        server.log_text()
+    );
+    drop(stalled);
+}

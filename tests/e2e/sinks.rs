@@ -112,3 +112,87 @@ async fn fanout_with_a_failing_sink_answers_unavailable() {
     assert_eq!(status.code(), Code::Unavailable);
     server.stop().await;
 }
+
+/// Two ledgers, the second on a failing disk: the call fails with the
+/// failing sink's status while the first ledger has the records; once the
+/// disk is fixed, the client's retry (same id, same uuid, and for an entry
+/// without an id the same content) is written once in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_partial_fan_out_failure_is_written_once_everywhere() {
+    use meterd::ledger::{BATCHES_FILE, ENTRIES_FILE};
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for file in [ENTRIES_FILE, BATCHES_FILE] {
+        std::os::unix::fs::symlink("/dev/full", second.path().join(file)).unwrap();
+    }
+    let other = format!("jsonl={}", second.path().display());
+    let server =
+        crate::common::Binary::start(first.path(), &["--sink", "jsonl", "--sink", &other]).await;
+    let mut client = server.client().await;
+    let with_id = vm_entry("vm-fan", "fan-1");
+    // No id, and its own emitted_at: a retry is the same content.
+    let without_id = vm_entry("vm-fan-noid", "");
+    let batches = vec![SubmitBatchRequest {
+        batches: vec![batch("fan-b", "m")],
+    }];
+
+    for entry in [&with_id, &without_id] {
+        let s = client.emit(emit_req(entry.clone())).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert!(s.message().contains("No space left on device"), "{s:?}");
+    }
+    let s = client
+        .submit_batch(tokio_stream::iter(batches.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    // Written where the write succeeded.
+    assert_eq!(entries(first.path()).len(), 2);
+    assert_eq!(crate::common::batches(first.path()).len(), 1);
+
+    // The disk is fixed; the failed sink's probe brings health back.
+    for file in [ENTRIES_FILE, BATCHES_FILE] {
+        std::fs::remove_file(second.path().join(file)).unwrap();
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        crate::common::channel(server.addr).await,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while crate::common::health_status(&mut health, "").await != ServingStatus::Serving as i32 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Twice: the first retry completes the fan-out, the second changes nothing.
+    for _ in 0..2 {
+        for entry in [&with_id, &without_id] {
+            let r = client.emit(emit_req(entry.clone())).await.unwrap();
+            assert!(r.get_ref().duplicate, "the first ledger had it already");
+        }
+        let r = submit_all(&mut client, batches.clone()).await;
+        assert_eq!(acks(&r[0], "m"), vec!["fan-b"]);
+    }
+    for dir in [first.path(), second.path()] {
+        let lines = entries(dir);
+        assert_eq!(
+            crate::common::field_values(&lines, "vm_id"),
+            vec!["vm-fan", "vm-fan-noid"],
+            "{}",
+            dir.display()
+        );
+        // The line is what the client sent: no id is added to it.
+        assert!(!lines[1].contains("\"id\""), "{}", lines[1]);
+        assert_eq!(
+            crate::common::field_values(&crate::common::batches(dir), "uuid"),
+            vec!["fan-b"]
+        );
+    }
+}

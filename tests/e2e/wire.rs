@@ -102,10 +102,20 @@ fn recovery_reader_accepts_go_lines_with_zone_offsets() {
             .unwrap_or_else(|_| panic!("{name} is readable"))
             .expect("has a key");
         assert_eq!(&*key, "k");
-        // Lines without an id are valid records with no key.
-        assert!(meterd::ledger::entry_key(line.as_bytes())
+        // Lines without an id are keyed by their content, as the edge
+        // keys such entries, however the line is framed.
+        let key = meterd::ledger::entry_key(line.as_bytes())
             .unwrap()
-            .is_none());
+            .expect("a content key");
+        assert_eq!(&*key, &*meterd::record::content_key(line.as_bytes()));
+        assert!(key.starts_with("h-"), "{key}");
+        let framed = format!("{line}\n");
+        assert_eq!(
+            meterd::ledger::entry_key(framed.as_bytes())
+                .unwrap()
+                .as_deref(),
+            Some(&*key)
+        );
     }
     for (name, line) in vector_lines("metric_batches") {
         if line.starts_with('{') {

@@ -21,13 +21,18 @@ use crate::ledger::LedgerConfig;
 use crate::metrics::{metrics, ForwardLabels};
 use crate::spool::{Spool, Stream};
 
+mod backoff;
 mod forwarder;
+mod probe;
 
+pub(crate) use backoff::Backoff;
 use forwarder::Forwarder;
 
 pub use super::verdict::{UpstreamError, Verdict};
 
 pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, UpstreamError>> + Send>>;
+/// A probe's answer: `Err` says why the upstream is not there.
+pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// Where a forwarding sink delivers. Records of one call are all entries or
 /// all batches, in order; the answer has one verdict per record.
@@ -43,6 +48,13 @@ pub trait Upstream: Send + Sync + 'static {
     /// batches); a sink that does not lets them pass by.
     fn takes_entries(&self) -> bool {
         true
+    }
+
+    /// A cheap check that the upstream is there, with no record in it: how
+    /// pass-through health comes back with no client write. `None`: there
+    /// is none, and only the next successful delivery restores health.
+    fn probe(&self) -> Option<ProbeFuture> {
+        None
     }
 }
 
@@ -110,6 +122,13 @@ pub struct ForwardSink {
     name: String,
     upstream: Arc<dyn Upstream>,
     spooled: Option<Spooled>,
+    /// Pass-through mode: whether the upstream answers (probed while not).
+    pass_through: Option<PassThrough>,
+}
+
+struct PassThrough {
+    health: Arc<probe::UpstreamHealth>,
+    stop: CancellationToken,
 }
 
 struct Spooled {
@@ -133,10 +152,18 @@ impl ForwardSink {
         options: &ForwardOptions,
     ) -> std::io::Result<ForwardSink> {
         if options.mode == ForwardMode::PassThrough {
+            let stop = CancellationToken::new();
+            let health = probe::UpstreamHealth::start(
+                name.clone(),
+                upstream.clone(),
+                options.timeout,
+                stop.clone(),
+            );
             return Ok(ForwardSink {
                 name,
                 upstream,
                 spooled: None,
+                pass_through: Some(PassThrough { health, stop }),
             });
         }
         let spool = tokio::task::spawn_blocking(move || Spool::open(&spool))
@@ -172,6 +199,7 @@ impl ForwardSink {
                 stop,
                 forwarders: Mutex::new(forwarders),
             }),
+            pass_through: None,
         })
     }
 }
@@ -196,23 +224,28 @@ impl Sink for ForwardSink {
             // Pass-through: the client's ack is the upstream's.
             let call = super::deliver::deliver_now(self.upstream.clone(), records);
             let name = self.name.clone();
+            let health = self.pass_through.as_ref().map(|p| p.health.clone());
             return Box::pin(async move {
-                let verdicts = call
-                    .await
-                    .map_err(|e| SinkError::Unavailable(format!("{name}: {e}")))?;
-                verdicts
-                    .into_iter()
-                    .map(|v| match v {
-                        Verdict::Acked => Ok(Outcome::Written),
-                        Verdict::Duplicate => Ok(Outcome::Duplicate),
-                        Verdict::Rejected(why) => Ok(Outcome::Rejected(
-                            format!("{name} rejected the record: {why}").into(),
-                        )),
-                        Verdict::Retry => Err(SinkError::Unavailable(format!(
-                            "{name} did not acknowledge the record"
-                        ))),
-                    })
-                    .collect()
+                let result = match call.await {
+                    Ok(verdicts) => verdicts
+                        .into_iter()
+                        .map(|v| match v {
+                            Verdict::Acked => Ok(Outcome::Written),
+                            Verdict::Duplicate => Ok(Outcome::Duplicate),
+                            Verdict::Rejected(why) => Ok(Outcome::Rejected(
+                                format!("{name} rejected the record: {why}").into(),
+                            )),
+                            Verdict::Retry => Err(SinkError::Unavailable(format!(
+                                "{name} did not acknowledge the record"
+                            ))),
+                        })
+                        .collect(),
+                    Err(e) => Err(SinkError::Unavailable(format!("{name}: {e}"))),
+                };
+                if let Some(h) = health {
+                    h.observe(result.is_ok());
+                }
+                result
             });
         };
         let spooled: u64 = [Stream::Entries, Stream::Batches]
@@ -256,15 +289,22 @@ impl Sink for ForwardSink {
     }
 
     fn health(&self) -> Vec<super::SinkHealth> {
-        match &self.spooled {
-            Some(s) => {
+        match (&self.spooled, &self.pass_through) {
+            (Some(s), _) => {
                 super::jsonl::ledger_health(&format!("{} spool", self.name), &s.spool.ledger)
             }
-            None => Vec::new(),
+            (None, Some(p)) => vec![super::SinkHealth {
+                name: format!("{} upstream", self.name),
+                healthy: p.health.watch(),
+            }],
+            (None, None) => Vec::new(),
         }
     }
 
     fn close(&self) -> SinkFuture<()> {
+        if let Some(p) = &self.pass_through {
+            p.stop.cancel();
+        }
         let Some(s) = &self.spooled else {
             return Box::pin(async { Ok(()) });
         };
@@ -285,50 +325,13 @@ impl Sink for ForwardSink {
     }
 }
 
-/// Capped exponential backoff with full jitter: attempt n waits a random
-/// time in [0, min(max, 100 ms * 2^n)], so that many sidecars retrying the
-/// same upstream spread out.
-pub(crate) struct Backoff {
-    attempt: u32,
-    max: Duration,
-}
-
-impl Backoff {
-    const INITIAL: Duration = Duration::from_millis(100);
-
-    pub(crate) fn new(max: Duration) -> Self {
-        Backoff { attempt: 0, max }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let ceiling = Self::INITIAL
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling
-            .mul_f64(fastrand::f64())
-            .max(Duration::from_millis(10))
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// A stable id for a record: its own key, or a hash of its line. Upstreams
-/// use it to drop re-sends (JetStream's Nats-Msg-Id, the entry id upstream).
+/// A stable id for a record, the same on every re-send: its key (the entry
+/// `id`, the batch uuid, or the content key of an entry without an id).
+/// Upstreams use it to drop re-sends (JetStream's Nats-Msg-Id, the entry id
+/// upstream).
 pub fn delivery_id(record: &Record) -> String {
     match &record.key {
         Some(k) => k.to_string(),
-        None => {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(&record.line);
-            let mut id = String::with_capacity(2 + 32);
-            id.push_str("h-");
-            for b in &digest[..16] {
-                id.push_str(&format!("{b:02x}"));
-            }
-            id
-        }
+        None => crate::record::content_key(&record.line).into(),
     }
 }

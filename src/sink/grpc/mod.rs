@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
-use super::forward::{delivery_id, Upstream, UpstreamError, UpstreamFuture, Verdict};
+use super::forward::{delivery_id, ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
 use super::{verdict, Body, Record};
 use crate::pb::metering_service_client::MeteringServiceClient;
 use crate::pb::{self, EmitBatchRequest, EmitRequest, SubmitBatchRequest};
@@ -28,6 +28,8 @@ pub use target::Target;
 /// Another meterd. Connects lazily and reconnects by itself.
 pub struct GrpcUpstream {
     client: MeteringServiceClient<Channel>,
+    /// The same connection, for health checks.
+    channel: Channel,
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     timeout: Duration,
     /// Set once the upstream answered UNIMPLEMENTED to EmitBatch (a meterd
@@ -96,7 +98,8 @@ impl GrpcUpstream {
             })
             .transpose()?;
         Ok(GrpcUpstream {
-            client: MeteringServiceClient::new(channel),
+            client: MeteringServiceClient::new(channel.clone()),
+            channel,
             token,
             timeout,
             no_emit_batch: Arc::new(AtomicBool::new(false)),
@@ -268,6 +271,27 @@ impl Upstream for GrpcUpstream {
             Some(Body::Batch(_)) => self.deliver_batches(&records),
             _ => self.deliver_entries(&records),
         }
+    }
+
+    /// The upstream meterd's own health check (which follows its sinks):
+    /// SERVING means it takes writes.
+    fn probe(&self) -> Option<ProbeFuture> {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+        let mut client = HealthClient::new(self.channel.clone());
+        let req = self.request(HealthCheckRequest::default());
+        Some(Box::pin(async move {
+            let status = client
+                .check(req)
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner()
+                .status();
+            match status {
+                ServingStatus::Serving => Ok(()),
+                other => Err(format!("upstream is {}", other.as_str_name())),
+            }
+        }))
     }
 }
 
