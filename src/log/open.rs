@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::index::{self, ActiveKeys, SealedKeys};
 use super::keys::{self, KeyEntry, KeyIndex, Summary};
-use super::names::{self, Names, DATA, KEYS, TIMES};
+use super::names::{self, Names, DATA, KEYS, TIMES, USAGE};
 use super::times::{self, Commit};
 use super::{annotate, now_nanos, sync_dir, LogConfig};
 
@@ -102,11 +102,11 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
             }
         }
     }
-    // Index and times files whose data is gone: a deletion or an abandoned
-    // seal that a crash interrupted. They describe nothing.
+    // Index, times and checkpoint files whose data is gone: a deletion or
+    // an abandoned seal that a crash interrupted. They describe nothing.
     found.retain(|&first, f| {
         if !f.data {
-            for ext in [KEYS, TIMES] {
+            for ext in [KEYS, TIMES, USAGE] {
                 let _ = std::fs::remove_file(names.sealed(first, ext));
             }
         }

@@ -115,9 +115,30 @@ impl LogReader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogLine>, ReadError> {
-        let mut out: Vec<LogLine> = Vec::new();
+        let mut out = Vec::new();
+        self.visit(max_records, max_bytes, |position, received, line| {
+            out.push(LogLine {
+                position,
+                received,
+                line: line.to_vec(),
+            });
+        })?;
+        Ok(out)
+    }
+
+    /// As [`read`](Self::read), but lends each record to `f` (position,
+    /// receive time, line with its `\n`) instead of copying it: scans that
+    /// look at every record allocate nothing per record. Returns how many
+    /// records were visited. Blocking.
+    pub fn visit(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(u64, i64, &[u8]),
+    ) -> Result<usize, ReadError> {
+        let mut n = 0usize;
         let mut bytes = 0usize;
-        while out.len() < max_records && bytes < max_bytes {
+        while n < max_records && bytes < max_bytes {
             if self.next > *self.shared.end.borrow() {
                 break;
             }
@@ -125,7 +146,7 @@ impl LogReader {
                 self.locate()?;
             }
             let Some(place) = self.at.as_mut() else { break };
-            let want = max_records - out.len();
+            let want = max_records - n;
             let commits = place.commits_from(place.index, want);
             let Some(last) = commits.last() else {
                 // This segment has nothing more: move on if it was sealed.
@@ -139,7 +160,7 @@ impl LogReader {
             };
             let mut group = 0;
             let mut lines = Lines::new(&place.data, place.offset, last.end_offset);
-            while out.len() < max_records && bytes < max_bytes {
+            while n < max_records && bytes < max_bytes {
                 let Some((_, line)) = lines.next_line()? else {
                     if place.offset < last.end_offset {
                         return Err(ReadError::Io(io::Error::new(
@@ -156,11 +177,8 @@ impl LogReader {
                     group += 1;
                 }
                 let received = commits.get(group).map_or(0, |c| c.received);
-                out.push(LogLine {
-                    position: self.next,
-                    received,
-                    line: line.to_vec(),
-                });
+                f(self.next, received, line);
+                n += 1;
                 bytes += line.len();
                 place.index += 1;
                 place.offset += line.len() as u64;
@@ -168,7 +186,7 @@ impl LogReader {
                 self.bytes_before = Some(place.bytes_before + place.offset);
             }
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// Finds the segment holding `next` and the offset of its line.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::index::{self, LookupError, SealedKeys};
 use super::keys::{self, KeyIndex, Summary};
-use super::names::{DATA, KEYS, TIMES};
+use super::names::{DATA, KEYS, TIMES, USAGE};
 use super::open::{self, Active, Opened, Sealed};
 use super::times::{self, Commit};
 use super::{
@@ -133,11 +133,17 @@ impl Writer {
                 .collect(),
             active: st.meta.clone(),
         };
+        let bounds = (view.first(), view.active.first);
         *self
             .shared
             .view
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        self.shared.segments.send_if_modified(|b| {
+            let changed = *b != bounds;
+            *b = bounds;
+            changed
+        });
     }
 
     pub fn run<R: LogRecord>(mut self, mut rx: mpsc::UnboundedReceiver<Msg<R>>) {
@@ -670,9 +676,9 @@ impl Writer {
         }
         let s = st.sealed.remove(0);
         let first = s.summary.first;
-        // Data first: index and times files left without data by a crash
-        // are deleted at the next open.
-        for ext in [DATA, KEYS, TIMES] {
+        // Data first: index, times and checkpoint files left without data
+        // by a crash are deleted at the next open.
+        for ext in [DATA, KEYS, TIMES, USAGE] {
             let path = names.sealed(first, ext);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

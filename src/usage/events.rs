@@ -127,12 +127,42 @@ pub fn classify(kind: Kind) -> (Family, bool) {
     }
 }
 
-/// The id an entry is paired by: `vm_id` for the VM families, `snapshot_id`
-/// for snapshots.
-pub fn id_of(family: Family, entry: &Entry) -> &str {
-    match family {
-        Family::VmCompute | Family::VmStorage => &entry.vm_id,
-        Family::SnapStorage => &entry.snapshot_id,
+/// The fields of an entry that the engine reads, borrowed: what a reader
+/// decodes from a ledger line without allocating (see `crate::read`).
+#[derive(Clone, Copy, Debug)]
+pub struct EntryRef<'a> {
+    pub kind: Kind,
+    pub vm_id: &'a str,
+    pub snapshot_id: &'a str,
+    pub hypervisor: &'a str,
+    pub shape: Shape,
+    /// `emitted_at` in Unix nanoseconds.
+    pub emitted_at: UnixNanos,
+}
+
+// === impl EntryRef ===
+
+impl<'a> From<&'a Entry> for EntryRef<'a> {
+    fn from(e: &'a Entry) -> Self {
+        EntryRef {
+            kind: e.kind,
+            vm_id: &e.vm_id,
+            snapshot_id: &e.snapshot_id,
+            hypervisor: &e.hypervisor,
+            shape: e.shape,
+            emitted_at: e.emitted_at.unix_timestamp_nanos(),
+        }
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    /// The id the entry is paired by: `vm_id` for the VM families,
+    /// `snapshot_id` for snapshots.
+    pub fn id(&self, family: Family) -> &'a str {
+        match family {
+            Family::VmCompute | Family::VmStorage => self.vm_id,
+            Family::SnapStorage => self.snapshot_id,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::events::{classify, id_of, Billed, Event, Groups, Interner};
+use super::events::{classify, Billed, EntryRef, Event, Groups, Interner};
 use super::{Family, UnixNanos};
 use crate::record::{Entry, Shape};
 
@@ -232,7 +232,12 @@ impl Fold {
     /// Adds one record. Records at or after `before` are ignored; one before
     /// the resumed checkpoint is refused as [`SeedError::Stale`].
     pub fn push(&mut self, position: u64, entry: &Entry) -> Result<(), SeedError> {
-        let at = entry.emitted_at.unix_timestamp_nanos();
+        self.push_ref(position, EntryRef::from(entry))
+    }
+
+    /// [`push`](Self::push) of an entry's borrowed fields.
+    pub fn push_ref(&mut self, position: u64, entry: EntryRef<'_>) -> Result<(), SeedError> {
+        let at = entry.emitted_at;
         if at >= self.before {
             return Ok(());
         }
@@ -244,7 +249,7 @@ impl Fold {
             });
         }
         let (family, start) = classify(entry.kind);
-        let hypervisor = self.hypervisors.intern(&entry.hypervisor);
+        let hypervisor = self.hypervisors.intern(entry.hypervisor);
         let event = Event::new(
             at,
             position,
@@ -253,10 +258,15 @@ impl Fold {
             hypervisor,
         );
         self.groups
-            .slot(family, id_of(family, entry))
+            .slot(family, entry.id(family))
             .events
             .push(event);
         Ok(())
+    }
+
+    /// `before` of the checkpoint this fold will make.
+    pub fn before(&self) -> UnixNanos {
+        self.before
     }
 
     /// The checkpoint at `before`.
