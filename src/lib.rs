@@ -16,6 +16,8 @@
 //! - [`ledger`]: the append-only files: group commit, crash recovery, dedupe index.
 //! - [`usage`]: the pure engine of `LedgerService.Usage`: pairs lifecycle
 //!   entries into intervals and cuts them into exact, DST-aware calendar buckets.
+//! - [`read`]: what readers get from the log: `Tail` responses and `Usage`
+//!   answers, with the per-segment usage checkpoints of the fast path.
 //! - [`cli`]: the `meterd` command line.
 
 pub mod cli;
@@ -23,6 +25,7 @@ pub mod ledger;
 pub mod log;
 pub mod metrics;
 pub mod pb;
+pub mod read;
 pub mod record;
 pub mod server;
 pub mod sink;

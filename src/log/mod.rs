@@ -33,6 +33,8 @@ mod names;
 mod open;
 mod reader;
 mod snapshot;
+#[doc(hidden)]
+pub mod testing;
 mod times;
 mod writer;
 
