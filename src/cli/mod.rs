@@ -259,7 +259,10 @@ pub struct ServeArgs {
     /// File of bearer tokens (one per line); calls must send `authorization: Bearer <token>`. Re-read on SIGHUP.
     #[arg(long, value_name = "FILE", env = "METERD_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Require the token for health and reflection too.
+    /// File of bearer tokens (one per line) for readers of metering.v1.LedgerService (Tail, Usage); writer tokens do not open it, nor these MeteringService. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", env = "METERD_READER_TOKEN_FILE")]
+    pub reader_token_file: Option<PathBuf>,
+    /// Require a token (writer or reader) for health and reflection too.
     #[arg(long, env = "METERD_AUTH_ALL_SERVICES", requires = "auth_token_file")]
     pub auth_all_services: bool,
     /// Permission bits of Unix sockets, in octal.

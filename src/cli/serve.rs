@@ -70,6 +70,10 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         Some(path) => Auth::from_file(path.clone())?,
         None => Auth::none(),
     };
+    let reader_auth = match &args.reader_token_file {
+        Some(path) => Auth::from_file_of("--reader-token-file", path.clone())?,
+        None => Auth::none(),
+    };
     let ledger = LedgerConfig {
         dir: args.ledger.clone().unwrap_or_else(default_ledger_dir),
         fsync: args.fsync,
@@ -139,6 +143,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             max_connection_age: nonzero(args.max_connection_age),
             tls,
             auth,
+            reader_auth,
             auth_all_services: args.auth_all_services,
         },
     })
@@ -204,7 +209,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     }
     tokio::spawn(reload_on_sighup(
         config.tls.clone(),
-        config.auth.clone(),
+        [config.auth.clone(), config.reader_auth.clone()],
         sink.clone(),
     ));
     let result = server::run(listeners, config, sink, shutdown).await;
@@ -212,7 +217,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     result
 }
 
-async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>) {
+async fn reload_on_sighup(tls: Option<Arc<Tls>>, tokens: [Auth; 2], sink: Arc<dyn Sink>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -226,7 +231,7 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
                 }
             }
         }
-        if auth.enabled() {
+        for auth in tokens.iter().filter(|a| a.enabled()) {
             match auth.reload() {
                 Ok(()) => tracing::info!("tokens reloaded"),
                 Err(e) => {

@@ -27,6 +27,23 @@ pub struct Plan {
     pub segments: Vec<Summary>,
     /// One per segment.
     pub metas: Vec<Option<Meta>>,
+    /// The first position of the active segment.
+    pub active_first: u64,
+    /// What an earlier query learned of the active segment, if it is still
+    /// the same segment.
+    pub active: Option<ActiveStats>,
+}
+
+/// What a query learned of the active segment: the earliest `emitted_at`
+/// of its records from `first` up to `upto`. Kept in memory only (the
+/// active file grows, but its durable records never change), so that the
+/// next query can skip that part when it lies wholly after its range,
+/// as it skips sealed segments by their checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveStats {
+    pub first: u64,
+    pub upto: u64,
+    pub min_emitted: UnixNanos,
 }
 
 /// The checkpoints of one log: a cache of the valid headers, and the lock
@@ -34,11 +51,21 @@ pub struct Plan {
 #[derive(Default)]
 pub struct Checkpoints {
     known: Mutex<HashMap<u64, Meta>>,
+    active: Mutex<Option<ActiveStats>>,
 }
 
 impl Checkpoints {
     pub fn new() -> Checkpoints {
         Checkpoints::default()
+    }
+
+    /// Keeps what a query learned of the active segment (the most recent
+    /// knowledge wins).
+    pub fn remember(&self, stats: ActiveStats) {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.is_none_or(|a| a.first != stats.first || a.upto < stats.upto) {
+            *active = Some(stats);
+        }
     }
 
     /// The plan of the log as it is now. With `build`, first writes every
@@ -64,10 +91,16 @@ impl Checkpoints {
                 })
             })
             .collect();
+        let active_first = segments
+            .last()
+            .map_or_else(|| source.first(), |s| s.first + s.count);
+        let active = *self.active.lock().unwrap_or_else(PoisonError::into_inner);
         let mut plan = Plan {
             from,
             segments,
             metas: Vec::new(),
+            active_first,
+            active: active.filter(|a| a.first == active_first),
         };
         if !build {
             plan.metas = metas;

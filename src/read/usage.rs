@@ -6,7 +6,7 @@
 use crate::record::Invalid;
 use crate::usage::{Query, Report, SeedError, UnixNanos, Usage};
 
-use super::build::Plan;
+use super::build::{ActiveStats, Plan};
 use super::checkpoint;
 use super::{scan, ReadError, Source};
 
@@ -20,6 +20,8 @@ pub struct Stats {
     pub records: u64,
     /// Sealed segments not read because they lie wholly after the range.
     pub skipped: usize,
+    /// Records of the active segment not read for the same reason.
+    pub skipped_active: u64,
     /// Times a stale checkpoint made the query start again.
     pub restarts: usize,
 }
@@ -29,6 +31,9 @@ pub struct Stats {
 pub struct Answer {
     pub report: Report,
     pub stats: Stats,
+    /// What this query learned of the active segment, for the next one
+    /// (see [`ActiveStats`]).
+    pub active: Option<ActiveStats>,
 }
 
 /// Why a query has no answer.
@@ -100,6 +105,7 @@ pub fn answer(
             stats.checkpoint = Some(meta.first);
             after = meta.first + meta.count - 1;
         }
+        stats.skipped_active = 0;
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         let extend = |a: u64, b: u64, ranges: &mut Vec<(u64, u64)>| match ranges.last_mut() {
             Some(last) if last.1 == a => last.1 = b,
@@ -118,7 +124,6 @@ pub fn answer(
             }
             at = seg_last;
         }
-        extend(at, upto.max(at), &mut ranges);
         let mut scanned = Ok(());
         for (a, b) in ranges {
             let b = b.min(upto);
@@ -131,11 +136,36 @@ pub fn answer(
                 break;
             }
         }
+        // The active segment: skip what an earlier query saw of it when
+        // all of that lies after the range, and learn the rest.
+        let mut active = None;
+        if scanned.is_ok() && at < upto {
+            let known = plan
+                .active
+                .filter(|s| s.first == at + 1 && s.first == plan.active_first && s.upto <= upto);
+            let (mut from, mut min) = (at, UnixNanos::MAX);
+            if let Some(s) = known.filter(|s| s.min_emitted > query.end) {
+                stats.skipped_active = s.upto - at;
+                (from, min) = (s.upto, s.min_emitted);
+            }
+            let records = &mut stats.records;
+            scanned = scan::entries(source, from, upto, |position, received, e| {
+                *records += 1;
+                min = min.min(e.emitted_at);
+                usage.push_ref(position, UnixNanos::from(received), e)
+            })?;
+            active = (at + 1 == plan.active_first).then_some(ActiveStats {
+                first: at + 1,
+                upto,
+                min_emitted: min,
+            });
+        }
         match scanned {
             Ok(()) => {
                 return Ok(Answer {
                     report: usage.finish(),
                     stats,
+                    active,
                 })
             }
             Err(SeedError::Stale { at, position, .. }) => {

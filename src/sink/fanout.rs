@@ -58,6 +58,11 @@ impl Sink for Fanout {
         self.sinks.iter().find_map(|s| s.relay(model_uuid))
     }
 
+    /// The first sink's ledger that has one.
+    fn ledger(&self) -> Option<Arc<crate::ledger::Ledger>> {
+        self.sinks.iter().find_map(|s| s.ledger())
+    }
+
     fn close(&self) -> SinkFuture<()> {
         let calls: Vec<_> = self.sinks.iter().map(|s| s.close()).collect();
         Box::pin(async move { try_join_all(calls).await.map(|_| ()) })

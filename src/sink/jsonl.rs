@@ -86,6 +86,10 @@ impl Sink for JsonlSink {
         })
     }
 
+    fn ledger(&self) -> Option<Arc<Ledger>> {
+        Some(self.ledger.clone())
+    }
+
     fn close(&self) -> SinkFuture<()> {
         let ledger = self.ledger.clone();
         Box::pin(async move {

@@ -31,6 +31,7 @@
 mod bucket;
 mod decimal;
 mod events;
+mod ids;
 mod pairing;
 mod query;
 mod report;
@@ -223,17 +224,17 @@ impl Usage {
             Billed::of(family, &entry.shape),
             hypervisor,
         );
-        self.groups.slot(family, id).events.push(event);
+        self.groups.push(family, id, event);
         Ok(())
     }
 
     /// The answer, one (family, id) at a time in family, id order; each id's
     /// rows are computed when the iterator reaches it.
     pub fn finish(self) -> Report {
-        let (keys, slots) = self.groups.into_sorted();
+        let (keys, grouped) = self.groups.into_sorted();
         Report::new(
             keys,
-            slots,
+            grouped,
             self.hypervisors,
             self.bounds,
             self.horizon,

@@ -179,7 +179,7 @@ pub fn seed(
             hypervisor: hypervisors.intern(&state.hypervisor),
             position: state.position,
         };
-        groups.slot(family, &id).seed = Some(open);
+        groups.seed(family, &id, open);
     }
 }
 
@@ -257,10 +257,7 @@ impl Fold {
             Billed::of(family, &entry.shape),
             hypervisor,
         );
-        self.groups
-            .slot(family, entry.id(family))
-            .events
-            .push(event);
+        self.groups.push(family, entry.id(family), event);
         Ok(())
     }
 
@@ -271,12 +268,12 @@ impl Fold {
 
     /// The checkpoint at `before`.
     pub fn finish(self) -> Checkpoint {
-        let (keys, mut slots) = self.groups.into_sorted();
+        let (keys, mut grouped) = self.groups.into_sorted();
         let mut open = BTreeMap::new();
         for (family, id, i) in keys {
-            let slot = &mut slots[i];
-            slot.events.sort_unstable_by_key(Event::order);
-            let end = pair(slot.seed, &slot.events, |_| {}, |_, _| {});
+            let (seed, events) = grouped.take(i);
+            events.sort_unstable_by_key(Event::order);
+            let end = pair(seed, events, |_| {}, |_, _| {});
             if let Some(o) = end {
                 let state = OpenState {
                     since: o.since,
