@@ -133,7 +133,7 @@ fn gen(
         emitted_at: OffsetDateTime::UNIX_EPOCH,
         id: String::new(),
     };
-    let mut flush = |seg: &mut Vec<(Vec<u8>, i64)>, first: &mut u64, sealed: bool| {
+    let flush = |seg: &mut Vec<(Vec<u8>, i64)>, first: &mut u64, sealed: bool| {
         let n = write_segment(
             dir,
             "entries",

@@ -41,7 +41,7 @@ pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
-pub use bucket::MAX_BUCKETS;
+pub use bucket::{time_zone, MAX_BUCKETS};
 pub use decimal::Decimal;
 pub use pairing::{AnomalyType, Checkpoint, Fold, OpenState, SeedError};
 pub use query::{timestamp, Granularity, Query};
