@@ -16,5 +16,6 @@ mod python;
 mod security;
 mod sinks;
 mod submit_batch;
+mod tail;
 mod unixsock;
 mod wire;
