@@ -18,4 +18,5 @@ mod sinks;
 mod submit_batch;
 mod tail;
 mod unixsock;
+mod usage;
 mod wire;
