@@ -84,7 +84,7 @@ pub async fn tail(args: TailArgs) -> Result<(), String> {
         .max_decoding_message_size(64 << 20)
         .tail(request)
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| format!("{}: {}", crate::metrics::code_name(s.code()), s.message()))?
         .into_inner();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -95,7 +95,11 @@ pub async fn tail(args: TailArgs) -> Result<(), String> {
             Ok(None) => break,
             Err(s) => {
                 let _ = out.flush();
-                return Err(format!("{}: {}", s.code(), s.message()));
+                return Err(format!(
+                    "{}: {}",
+                    crate::metrics::code_name(s.code()),
+                    s.message()
+                ));
             }
         };
         let written = print(&mut out, &resp, args.format).and_then(|()| {

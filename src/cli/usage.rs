@@ -177,12 +177,12 @@ async fn remote(
         .max_decoding_message_size(64 << 20)
         .usage(request)
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| format!("{}: {}", crate::metrics::code_name(s.code()), s.message()))?
         .into_inner();
     while let Some(chunk) = stream
         .message()
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| format!("{}: {}", crate::metrics::code_name(s.code()), s.message()))?
     {
         out.add(Rows {
             rows: chunk.rows,

@@ -13,6 +13,7 @@ mod ledger;
 mod nats;
 mod ops;
 mod python;
+mod readers;
 mod security;
 mod sinks;
 mod submit_batch;
