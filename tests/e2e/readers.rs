@@ -63,8 +63,13 @@ async fn usage_code(server: &Binary, token: Option<&str>) -> Code {
     match reader.usage(authed(req, token)).await {
         Ok(s) => {
             let mut s = s.into_inner();
-            while let Some(_) = s.message().await.transpose() {}
-            Code::Ok
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Code::Ok,
+                    Err(e) => return e.code(),
+                }
+            }
         }
         Err(s) => s.code(),
     }

@@ -19,7 +19,9 @@ const HOUR: i64 = 3_600_000_000_000;
 /// A VM booted on Saturday, running across Berlin's spring-forward night
 /// and stopped on Monday; its volume never deleted; an orphan stop; a
 /// snapshot that lived three hours across the change; a resize.
-const SCENARIO: &[(Kind, &str, &str, (i64, i64, i64))] = &[
+type Step = (Kind, &'static str, &'static str, (i64, i64, i64));
+
+const SCENARIO: &[Step] = &[
     (
         Kind::VmComputeStart,
         "vm-1",
