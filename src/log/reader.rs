@@ -59,7 +59,7 @@ struct Place {
     data: Arc<File>,
     /// A sealed segment's receive times, read once from its times file;
     /// `None` for the active segment, whose times the writer shares.
-    sealed: Option<Vec<Commit>>,
+    sealed: Option<Arc<[Commit]>>,
     active: Option<Arc<ActiveMeta>>,
     /// Index of `next` within the segment, and its byte offset.
     index: u64,
@@ -147,7 +147,8 @@ impl LogReader {
             }
             let Some(place) = self.at.as_mut() else { break };
             let want = max_records - n;
-            let commits = place.commits_from(place.index, want);
+            let (all, range) = place.commits_from(place.index, want);
+            let commits = &all[range];
             let Some(last) = commits.last() else {
                 // This segment has nothing more: move on if it was sealed.
                 let view = self.shared.view();
@@ -257,7 +258,7 @@ impl LogReader {
             let place = Place {
                 first: s.first,
                 data: Arc::new(data),
-                sealed: Some(commits),
+                sealed: Some(commits.into()),
                 active: None,
                 index: 0,
                 offset: 0,
@@ -312,16 +313,24 @@ impl LogReader {
 }
 
 impl Place {
-    /// Up to `n` commits from the group holding `index` on.
-    fn commits_from(&self, index: u64, n: usize) -> Vec<Commit> {
-        let take = |commits: &[Commit]| {
+    /// Up to `n` commits from the group holding `index` on: a range of a
+    /// sealed segment's commits, shared, or a copy of the active one's (the
+    /// writer adds to those under a lock that a reader must not hold while
+    /// it reads the file).
+    fn commits_from(&self, index: u64, n: usize) -> (Arc<[Commit]>, std::ops::Range<usize>) {
+        let range = |commits: &[Commit]| {
             let g = commits.partition_point(|c| c.end_count <= index);
-            commits[g..commits.len().min(g + n.max(1))].to_vec()
+            g..commits.len().min(g + n.max(1))
         };
         match (&self.sealed, &self.active) {
-            (Some(c), _) => take(c),
-            (None, Some(a)) => take(&a.commits.read().unwrap_or_else(PoisonError::into_inner)),
-            (None, None) => Vec::new(),
+            (Some(c), _) => (c.clone(), range(c)),
+            (None, Some(a)) => {
+                let guard = a.commits.read().unwrap_or_else(PoisonError::into_inner);
+                let copy: Arc<[Commit]> = guard[range(&guard)].into();
+                let len = copy.len();
+                (copy, 0..len)
+            }
+            (None, None) => (Arc::from(Vec::new()), 0..0),
         }
     }
 }

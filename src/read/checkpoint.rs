@@ -217,8 +217,10 @@ pub fn read_body(path: &Path, meta: &Meta) -> io::Result<Body> {
 
 fn decode_body(b: &[u8], before: UnixNanos) -> Option<Body> {
     let mut r = Cursor(b);
-    let mut open = BTreeMap::new();
-    for _ in 0..r.u64()? {
+    let n = r.u64()?;
+    // Bounded by the bytes left, so a damaged count cannot reserve much.
+    let mut open = Vec::with_capacity(usize::try_from(n).ok()?.min(b.len() / 32));
+    for _ in 0..n {
         let family = *Family::ALL.get(usize::from(r.u8()?))?;
         let id = r.string()?;
         let state = OpenState {
@@ -227,8 +229,11 @@ fn decode_body(b: &[u8], before: UnixNanos) -> Option<Body> {
             hypervisor: r.string()?,
             position: r.u64()?,
         };
-        open.insert((family, id), state);
+        open.push(((family, id), state));
     }
+    // Written in key order, so this is the bulk build of a sorted sequence,
+    // not one search per insert.
+    let open: BTreeMap<_, _> = open.into_iter().collect();
     let n = r.u64()?;
     // Bounded by the bytes left, so a damaged count cannot reserve much.
     let mut pending = Vec::with_capacity(usize::try_from(n).ok()?.min(b.len() / 32));
