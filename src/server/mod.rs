@@ -33,7 +33,7 @@ mod submit_batch;
 mod tls;
 
 pub use auth::{Access, Auth, Role};
-pub use health::SERVICE_NAME;
+pub use health::{LEDGER_SERVICE_NAME, SERVICE_NAME};
 pub use listen::{ListenAddr, Listener};
 pub use tls::{Tls, TlsFiles};
 
@@ -233,7 +233,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = health::Health::new(reporter).await;
+    let kept = sink.ledger();
+    let health = health::Health::new(reporter, kept.is_some()).await;
     let shared = Arc::new(Shared {
         sink: sink.clone(),
         limits: config.limits.clone(),
@@ -252,7 +253,7 @@ pub async fn run(
     let others = config.auth_all_services.then_some(Role::Any);
     // Cancelled when shutdown begins: following Tail calls end then.
     let readers_stop = CancellationToken::new();
-    let reader = ledger::Reader::new(shared.clone(), sink.ledger(), readers_stop.clone());
+    let reader = ledger::Reader::new(shared.clone(), kept, readers_stop.clone());
     let metering: Intercepted<_> = InterceptedService::new(
         MeteringServiceServer::new(Metering { shared })
             .max_decoding_message_size(config.max_message_bytes),

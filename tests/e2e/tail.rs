@@ -7,10 +7,11 @@ use meterd::ledger::Fsync;
 use meterd::pb::{self, tail_record::Record, Kind, SubmitBatchRequest, TailRequest};
 use meterd::server;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::common::{
-    batch, batches, emit_req, entries, ledger_config, tail_all, tail_entries, vm_entry, wait_until,
-    Binary, Client, Server,
+    batch, batches, emit_req, entries, health_status, ledger_config, tail_all, tail_entries,
+    vm_entry, wait_until, Binary, Client, Server,
 };
 use crate::submit_batch::submit_all;
 
@@ -60,6 +61,12 @@ async fn tail_from_zero_and_from_the_middle_gives_the_ledger_lines_with_position
         "segments were sealed"
     );
 
+    // Health lists the reader service.
+    let mut health = server.health().await;
+    assert_eq!(
+        health_status(&mut health, "metering.v1.LedgerService").await,
+        ServingStatus::Serving as i32
+    );
     let mut reader = server.reader().await;
     let all = tail_all(&mut reader, tail_entries(0)).await;
     let want: Vec<(u64, String)> = (1..=10).zip(lines.iter().cloned()).collect();
@@ -368,6 +375,26 @@ async fn batches_come_whole_with_their_credentials_in_bounded_responses() {
     assert_eq!(
         b.credentials, b"secret-macaroon",
         "credentials are part of the record"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_without_a_ledger_says_so() {
+    let sink = std::sync::Arc::new(meterd::sink::capture::CaptureSink::new());
+    let server = Server::with_sink(sink, server::Config::default()).await;
+    let mut health = server.health().await;
+    assert_eq!(
+        health_status(&mut health, "metering.v1.LedgerService").await,
+        ServingStatus::NotServing as i32
+    );
+    let mut reader = server.reader().await;
+    let status = reader.tail(tail_entries(0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("no ledger"),
+        "{}",
+        status.message()
     );
     server.stop().await;
 }
