@@ -3,7 +3,7 @@
 //! peak memory is its own.
 //!
 //! ```sh
-//! cargo run --release --example bench_usage -- gen --dir /tmp/month --size 1G
+//! cargo run --release --example bench_usage -- gen --dir /tmp/month --size 1GiB
 //! cargo run --release --example bench_usage -- decode --dir /tmp/month   # the decoding ceiling
 //! cargo run --release --example bench_usage -- full --dir /tmp/month     # the full fold
 //! cargo run --release --example bench_usage -- build --dir /tmp/month    # write the checkpoints
@@ -28,9 +28,17 @@ use time::OffsetDateTime;
 
 const SEC: i128 = 1_000_000_000;
 const DAY: i128 = 86_400 * SEC;
-/// 2026-03-01T00:00:00Z: the month holds Berlin's spring-forward (a 23 h day).
-const BASE: i128 = 1_772_323_200 * SEC;
 const DAYS: i128 = 30;
+/// Where `gen` notes when its month began (Unix nanoseconds), for the
+/// queries of the other steps.
+const BASE_FILE: &str = "bench-base";
+
+/// The start of the generated month: 30 days before it was generated, so
+/// that the ledger ends now, as a live one does (a month in the past would
+/// have its active file sealed by age as soon as it is opened).
+fn base(dir: &Path) -> Result<i128, Box<dyn std::error::Error>> {
+    Ok(std::fs::read_to_string(dir.join(BASE_FILE))?.trim().parse()?)
+}
 
 #[derive(Parser)]
 struct Cli {
@@ -40,13 +48,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Step {
-    /// Writes a ledger of about SIZE bytes of entries over 30 days of March
-    /// 2026, sealed daily (as --segment-max-age 1day does), each record
-    /// received within two seconds of being emitted.
+    /// Writes a ledger of about SIZE bytes of entries over the last 30 days,
+    /// sealed daily (as --segment-max-age 1day does), each record received
+    /// within two seconds of being emitted.
     Gen {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, default_value = "1G", value_parser = meterd::cli::parse_size)]
+        #[arg(long, default_value = "1GiB", value_parser = meterd::cli::parse_size)]
         size: i64,
         /// Also seal at this size (0: daily only).
         #[arg(long, default_value = "0", value_parser = meterd::cli::parse_size)]
@@ -112,6 +120,9 @@ fn gen(
     vms: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
+    let now = jiff::Timestamp::now().as_nanosecond();
+    let base = now - DAYS * DAY;
+    std::fs::write(dir.join(BASE_FILE), base.to_string())?;
     let started = Instant::now();
     let mut rng = fastrand::Rng::with_seed(1);
     // About 240 bytes a line: the step between records that fills the month.
@@ -121,7 +132,7 @@ fn gen(
     let mut seg: Vec<(Vec<u8>, i64)> = Vec::new();
     let (mut seg_bytes, mut seg_day) = (0u64, 0i128);
     let (mut first, mut position, mut total, mut segments) = (1u64, 0u64, 0u64, 0u64);
-    let mut received = BASE;
+    let mut received = base;
     let mut entry = Entry {
         kind: Kind::VmComputeStart,
         vm_id: String::new(),
@@ -147,7 +158,7 @@ fn gen(
     };
     while total < size {
         position += 1;
-        let at = BASE + i128::from(position as i64) * step;
+        let at = base + i128::from(position as i64) * step;
         received = received.max(at + i128::from(rng.u32(..2_000_000_000)));
         let slot = rng.u64(..vms * 3);
         let vm = slot / 3;
@@ -202,7 +213,9 @@ fn gen(
         meterd::wire::entry_line(&entry, &mut line);
         total += line.len() as u64;
         seg_bytes += line.len() as u64;
-        let day = (received - BASE) / DAY;
+        // Sealed daily, half a day out of phase with the month: the active
+        // file then holds the last half day, younger than --segment-max-age.
+        let day = (received - base + DAY / 2) / DAY;
         if !seg.is_empty() && (day != seg_day || (segment_bytes > 0 && seg_bytes > segment_bytes)) {
             flush(&mut seg, &mut first, true)?;
             segments += 1;
@@ -256,34 +269,39 @@ fn decode(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn month_query() -> Query {
+/// The whole month and a day either side, in Berlin days.
+fn month_query(base: i128) -> Query {
     Query {
-        start: BASE - DAY,
-        end: BASE + (DAYS + 1) * DAY,
+        start: base - DAY,
+        end: base + (DAYS + 1) * DAY,
         granularity: Granularity::Day,
         time_zone: "Europe/Berlin".into(),
         as_of: None,
         families: Vec::new(),
         id: None,
-        now: BASE + (DAYS + 1) * DAY,
+        now: base + (DAYS + 1) * DAY,
     }
 }
 
-/// Day `day` of the month in Berlin, in one bucket or hour buckets.
-fn day_query(day: i128, hours: bool) -> Query {
-    // Berlin is UTC+1 before March 29 and UTC+2 from then on.
-    let offset = if day >= 28 { 2 } else { 1 };
-    let start = BASE + day * DAY - offset * 3600 * SEC;
-    Query {
-        start,
-        end: start + DAY,
+/// The Berlin calendar day that holds `base + day` days, in one bucket or
+/// hour buckets.
+fn day_query(base: i128, day: i128, hours: bool) -> Result<Query, Box<dyn std::error::Error>> {
+    let tz = jiff::tz::TimeZone::get("Europe/Berlin")?;
+    let at = jiff::Timestamp::from_nanosecond(base + day * DAY)?;
+    let date = tz.to_datetime(at).date();
+    let start = tz.to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))?;
+    let next = date.tomorrow()?.to_datetime(jiff::civil::Time::midnight());
+    let end = tz.to_timestamp(next)?;
+    Ok(Query {
+        start: start.as_nanosecond(),
+        end: end.as_nanosecond(),
         granularity: if hours {
             Granularity::Hour
         } else {
             Granularity::Day
         },
-        ..month_query()
-    }
+        ..month_query(base)
+    })
 }
 
 fn full(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -294,7 +312,7 @@ fn full(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cpu0 = cpu();
     let upto = snap.end();
     let plan = Checkpoints::new().plan(&snap, false)?;
-    let got = answer(&snap, &plan, &month_query(), upto)?;
+    let got = answer(&snap, &plan, &month_query(base(dir)?), upto)?;
     let folded = started.elapsed().as_secs_f64();
     let (mut rows, mut anomalies) = (0usize, 0usize);
     for u in got.report {
@@ -337,7 +355,7 @@ fn one_day(
     let ledger = meterd::ledger::Ledger::open(&config)?;
     let log = &ledger.entries;
     let store = Checkpoints::new();
-    let query = day_query(day, hours);
+    let query = day_query(base(dir)?, day, hours)?;
     for run in 0..3 {
         let started = Instant::now();
         let cpu0 = cpu();
