@@ -37,7 +37,9 @@ const BASE_FILE: &str = "bench-base";
 /// that the ledger ends now, as a live one does (a month in the past would
 /// have its active file sealed by age as soon as it is opened).
 fn base(dir: &Path) -> Result<i128, Box<dyn std::error::Error>> {
-    Ok(std::fs::read_to_string(dir.join(BASE_FILE))?.trim().parse()?)
+    Ok(std::fs::read_to_string(dir.join(BASE_FILE))?
+        .trim()
+        .parse()?)
 }
 
 #[derive(Parser)]
