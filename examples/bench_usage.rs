@@ -63,6 +63,10 @@ enum Step {
         segment_bytes: i64,
         #[arg(long, default_value_t = 20_000)]
         vms: u64,
+        /// The UTC hour at which each day's segment is sealed (a meterd
+        /// seals by age, so at the hour it happened to start).
+        #[arg(long, default_value_t = 12)]
+        seal_hour: i128,
     },
     /// Reads and decodes every entry (no pairing): the scan's ceiling.
     Decode {
@@ -102,7 +106,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             size,
             segment_bytes,
             vms,
-        } => gen(&dir, size as u64, segment_bytes as u64, vms),
+            seal_hour,
+        } => gen(&dir, size as u64, segment_bytes as u64, vms, seal_hour),
         Step::Decode { dir } => decode(&dir),
         Step::Full { dir } => full(&dir),
         Step::Build { dir } => build(&dir),
@@ -120,6 +125,7 @@ fn gen(
     size: u64,
     segment_bytes: u64,
     vms: u64,
+    seal_hour: i128,
 ) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
     let now = jiff::Timestamp::now().as_nanosecond();
@@ -215,9 +221,9 @@ fn gen(
         meterd::wire::entry_line(&entry, &mut line);
         total += line.len() as u64;
         seg_bytes += line.len() as u64;
-        // Sealed daily, half a day out of phase with the month: the active
-        // file then holds the last half day, younger than --segment-max-age.
-        let day = (received - base + DAY / 2) / DAY;
+        // Sealed daily at `seal_hour` UTC: the active file then holds less
+        // than a day, younger than --segment-max-age.
+        let day = (received - seal_hour * 3600 * SEC).div_euclid(DAY);
         if !seg.is_empty() && (day != seg_day || (segment_bytes > 0 && seg_bytes > segment_bytes)) {
             flush(&mut seg, &mut first, true)?;
             segments += 1;
@@ -238,6 +244,7 @@ fn gen(
     }));
     report(json!({
         "step": "gen", "records": position, "bytes": total, "sealed_segments": segments,
+        "seal_hour": seal_hour as i64,
         "seconds": started.elapsed().as_secs_f64(),
     }));
     Ok(())
