@@ -7,7 +7,9 @@
 //! - [`pb`]: generated protobuf types of `proto/metering/v1` and the descriptor set.
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
-//! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes;
+//! - [`server`]: the tonic services (`MeteringService` for writers, `server/ledger/` the
+//!   `LedgerService` for readers), health, reflection, listeners; `server/status.rs` maps
+//!   errors to gRPC codes; `server/auth.rs` keeps writer and reader tokens apart;
 //!   `server/authority.rs` decides which `:authority` each listener accepts.
 //! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
 //!   upstreams `grpc`, `http`), and the factory.
@@ -18,7 +20,7 @@
 //!   entries into intervals and cuts them into exact, DST-aware calendar buckets.
 //! - [`read`]: what readers get from the log: `Tail` responses and `Usage`
 //!   answers, with the per-segment usage checkpoints of the fast path.
-//! - [`cli`]: the `meterd` command line.
+//! - [`cli`]: the `meterd` command line, one file per subcommand.
 
 pub mod cli;
 pub mod ledger;

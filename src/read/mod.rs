@@ -32,6 +32,15 @@
 //! makes the engine refuse the checkpoint (`SeedError::Stale`); the query
 //! then starts again from an earlier checkpoint, or from nothing.
 //!
+//! The active segment has no checkpoint; a running meterd remembers, in
+//! memory, the earliest `emitted_at` a query saw in it
+//! ([`build::ActiveStats`]), so that later queries skip that part of it too
+//! when it lies after their range (its durable records never change).
+//!
+//! A segment is skipped only when its earliest record is strictly after
+//! `end`: a stop emitted exactly at `end` still decides that the last
+//! bucket's interval is not `open`.
+//!
 //! Checkpoints fold only retained records (`from`, the first retained
 //! position, is part of each), so that the answer is a function of what the
 //! log holds: when retention deletes a segment, the chain is rebuilt.

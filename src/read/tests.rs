@@ -259,3 +259,69 @@ fn read_checkpoints_are_built_once_and_reused() {
     assert_eq!(again.metas, plan.metas);
     assert_eq!(firsts.iter().map(modified).collect::<Vec<_>>(), before);
 }
+
+#[test]
+fn read_a_segment_starting_exactly_at_the_end_is_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |kind: Kind, at: i128| {
+        let entry = Entry {
+            kind,
+            vm_id: "vm-1".into(),
+            snapshot_id: String::new(),
+            source_snapshot_id: String::new(),
+            reason: None,
+            hypervisor: "ch-1".into(),
+            shape: Shape {
+                cpu: 1,
+                mem_bytes: 1 << 30,
+                storage_bytes: 0,
+            },
+            emitted_at: OffsetDateTime::from_unix_timestamp_nanos(at).unwrap(),
+            id: String::new(),
+        };
+        let mut l = Vec::new();
+        wire::entry_line(&entry, &mut l);
+        l
+    };
+    let end = BASE + 10 * HOUR;
+    let start_line = line(Kind::VmComputeStart, BASE);
+    let stop_line = line(Kind::VmComputeStop, end);
+    let received = |t: i128| i64::try_from(t).unwrap();
+    write_segment(
+        dir.path(),
+        "entries",
+        1,
+        true,
+        [(start_line.as_slice(), received(BASE))],
+    )
+    .unwrap();
+    write_segment(
+        dir.path(),
+        "entries",
+        2,
+        true,
+        [(stop_line.as_slice(), received(end))],
+    )
+    .unwrap();
+    let snap = Snapshot::open(dir.path(), "entries").unwrap();
+    let plan = Checkpoints::new().plan(&snap, true).unwrap();
+    let q = Query {
+        start: BASE + 2 * HOUR,
+        end,
+        granularity: Granularity::Whole,
+        time_zone: String::new(),
+        as_of: None,
+        families: Vec::new(),
+        id: None,
+        now: end + HOUR,
+    };
+    let got = answer(&snap, &plan, &q, snap.end()).unwrap();
+    assert_eq!(got.stats.checkpoint, Some(1));
+    assert_eq!(got.stats.skipped, 0);
+    let fast: Vec<IdUsage> = got.report.collect();
+    assert_eq!(fast, full(&snap, &q));
+    assert!(
+        !fast[0].rows[0].open,
+        "the stop at the end closes the interval"
+    );
+}
