@@ -8,7 +8,9 @@
 //! - [`pb`]: generated protobuf types of `proto/metering/v1` and the descriptor set.
 //! - [`record`]: the domain `Entry` / `MetricBatch` and the one place input is validated.
 //! - [`wire`]: the Go-compatible JSON encoding, written once.
-//! - [`server`]: the tonic service, health, reflection, listeners; `server/status.rs` maps errors to gRPC codes;
+//! - [`server`]: the tonic services (`MeteringService` for writers, `server/ledger/` the
+//!   `LedgerService` for readers), health, reflection, listeners; `server/status.rs` maps
+//!   errors to gRPC codes; `server/auth.rs` keeps writer and reader tokens apart;
 //!   `server/authority.rs` decides which `:authority` each listener accepts; `server/budget.rs`
 //!   bounds the bytes of records waiting for the sinks (`--max-queue-bytes`).
 //! - [`sink`]: the `Sink` contract, one module per sink (`forward` with its
@@ -21,7 +23,9 @@
 //! - [`ledger`]: the append-only files: group commit, crash recovery, dedupe index.
 //! - [`usage`]: the pure engine of `LedgerService.Usage`: pairs lifecycle
 //!   entries into intervals and cuts them into exact, DST-aware calendar buckets.
-//! - [`cli`]: the `meterd` command line.
+//! - [`read`]: what readers get from the log: `Tail` responses and `Usage`
+//!   answers, with the per-segment usage checkpoints of the fast path.
+//! - [`cli`]: the `meterd` command line, one file per subcommand.
 
 pub mod addr;
 pub mod cli;
@@ -29,6 +33,7 @@ pub mod ledger;
 pub mod log;
 pub mod metrics;
 pub mod pb;
+pub mod read;
 pub mod record;
 pub mod server;
 pub mod sink;

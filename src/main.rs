@@ -31,6 +31,8 @@ async fn main() -> ExitCode {
         Command::CheckConfig(args) => cli::check(&args).map(|toml| print!("{toml}")),
         Command::Emit(args) => cli::client::emit(args).await,
         Command::Health(args) => cli::client::health(args).await,
+        Command::Usage(args) => cli::usage::usage(args).await,
+        Command::Tail(args) => cli::tail::tail(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

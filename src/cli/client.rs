@@ -1,4 +1,5 @@
-//! The client side of the command line: `meterd emit` and `meterd health`.
+//! The client side of the command line: `meterd emit` and `meterd health`,
+//! and the connection and token helpers `tail` and `usage` share.
 
 use std::time::Duration;
 
@@ -13,25 +14,36 @@ use crate::addr::ListenAddr;
 use crate::pb::metering_service_client::MeteringServiceClient;
 use crate::pb::{EmitRequest, Entry, Reason, Shape};
 
-/// Connects to a server over TCP or a Unix socket.
+/// Connects to a server over TCP or a Unix socket; every call on the
+/// channel gives up after `timeout`, as connecting does.
 pub async fn connect(
     addr: &ListenAddr,
     timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
+    connect_with(addr, timeout, Some(timeout)).await
+}
+
+/// As [`connect`], with calls that give up after `request_timeout` (none
+/// for streams that follow).
+pub async fn connect_with(
+    addr: &ListenAddr,
+    timeout: Duration,
+    request_timeout: Option<Duration>,
+) -> Result<Channel, tonic::transport::Error> {
+    let limit = |e: Endpoint| match request_timeout {
+        Some(t) => e.timeout(t),
+        None => e,
+    };
     match addr {
         ListenAddr::Tcp(a) => {
-            Endpoint::from_shared(format!("http://{a}"))?
-                .connect_timeout(timeout)
-                .timeout(timeout)
+            limit(Endpoint::from_shared(format!("http://{a}"))?.connect_timeout(timeout))
                 .connect()
                 .await
         }
         ListenAddr::Unix(path) => {
             let path = path.clone();
             // The URI is required but unused: the connector dials the socket.
-            Endpoint::from_static("http://localhost")
-                .connect_timeout(timeout)
-                .timeout(timeout)
+            limit(Endpoint::from_static("http://localhost").connect_timeout(timeout))
                 .connect_with_connector(tower::service_fn(move |_| {
                     let path = path.clone();
                     async move {
@@ -43,6 +55,17 @@ pub async fn connect(
                 .await
         }
     }
+}
+
+/// Adds `authorization: Bearer TOKEN` when a token is given.
+pub fn bearer<T>(request: &mut tonic::Request<T>, token: Option<&str>) -> Result<(), String> {
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "--token: not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
 }
 
 /// `meterd health`: Ok when the server reports SERVING.
@@ -95,12 +118,7 @@ pub async fn emit(args: EmitArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("connect to {}: {e}", args.addr))?;
     let mut request = tonic::Request::new(EmitRequest { entry: Some(entry) });
-    if let Some(token) = &args.token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "--token: not a valid header value".to_string())?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    bearer(&mut request, args.token.as_deref())?;
     let resp = MeteringServiceClient::new(channel)
         .emit(request)
         .await

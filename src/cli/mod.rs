@@ -1,4 +1,5 @@
-//! The `meterd` command line: `serve`, `check-config`, `emit` and `health`.
+//! The `meterd` command line: `serve`, `check-config`, `emit`, `health`,
+//! and the readers `tail` and `usage`.
 //!
 //! Every `serve` flag can also come from an environment variable
 //! (`METERD_<FLAG>`) and from a TOML file (`--config`, keys named as the
@@ -20,6 +21,9 @@ use crate::sink::{SinkSpec, SinkSpecs};
 pub mod client;
 mod config;
 mod serve;
+pub mod tail;
+pub mod usage;
+mod usage_output;
 
 pub use config::{effective_config, parse_from};
 pub use serve::{check, serve};
@@ -48,6 +52,10 @@ pub enum Command {
     Emit(EmitArgs),
     /// Probe a server's health; exits 0 when it is SERVING.
     Health(HealthArgs),
+    /// Billable usage over a time range, from a server (--addr) or a ledger directory (--ledger).
+    Usage(usage::UsageArgs),
+    /// Print one stream of the ledger from a position, optionally following it.
+    Tail(tail::TailArgs),
 }
 
 /// Log line format.
@@ -274,7 +282,10 @@ pub struct ServeArgs {
     /// File of bearer tokens (one per line); calls must send `authorization: Bearer <token>`. Re-read on SIGHUP.
     #[arg(long, value_name = "FILE", env = "METERD_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Require the token for health and reflection too.
+    /// File of bearer tokens (one per line) for readers of metering.v1.LedgerService (Tail, Usage); writer tokens do not open it, nor these MeteringService. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", env = "METERD_READER_TOKEN_FILE")]
+    pub reader_token_file: Option<PathBuf>,
+    /// Require a token (writer or reader) for health and reflection too.
     #[arg(long, env = "METERD_AUTH_ALL_SERVICES", requires = "auth_token_file")]
     pub auth_all_services: bool,
     /// Permission bits of Unix sockets, in octal.

@@ -73,6 +73,10 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         Some(path) => Auth::from_file(path.clone())?,
         None => Auth::none(),
     };
+    let reader_auth = match &args.reader_token_file {
+        Some(path) => Auth::from_file_of("--reader-token-file", path.clone())?,
+        None => Auth::none(),
+    };
     let ledger = LedgerConfig {
         dir: args.ledger.clone().unwrap_or_else(default_ledger_dir),
         fsync: args.fsync,
@@ -155,6 +159,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             tls,
             max_tls_handshakes: args.max_tls_handshakes as usize,
             auth,
+            reader_auth,
             auth_all_services: args.auth_all_services,
         },
     })
@@ -220,7 +225,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     }
     tokio::spawn(reload_on_sighup(
         config.tls.clone(),
-        config.auth.clone(),
+        [config.auth.clone(), config.reader_auth.clone()],
         sink.clone(),
     ));
     let result = server::run(listeners, config, sink, shutdown).await;
@@ -228,7 +233,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     result
 }
 
-async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>) {
+async fn reload_on_sighup(tls: Option<Arc<Tls>>, tokens: [Auth; 2], sink: Arc<dyn Sink>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -249,7 +254,7 @@ async fn reload_on_sighup(tls: Option<Arc<Tls>>, auth: Auth, sink: Arc<dyn Sink>
                 }
             }
         }
-        if auth.enabled() {
+        for auth in tokens.iter().filter(|a| a.enabled()) {
             let auth = auth.clone();
             match blocking(Box::new(move || auth.reload())).await {
                 Ok(()) => tracing::info!("tokens reloaded"),

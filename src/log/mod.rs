@@ -38,6 +38,8 @@ mod reader;
 mod seal;
 mod segment;
 mod snapshot;
+#[doc(hidden)]
+pub mod testing;
 mod times;
 mod writer;
 
@@ -180,6 +182,10 @@ pub(crate) struct Shared {
     /// The last durable position (0 while the stream is empty).
     end: watch::Sender<u64>,
     healthy: watch::Sender<bool>,
+    /// (first retained position, first position of the active segment):
+    /// changes on a seal or a deletion. Readers that keep something per
+    /// segment (usage checkpoints) wait on it.
+    segments: watch::Sender<(u64, u64)>,
     /// Keys of the active segment, held in memory.
     active_keys: AtomicU64,
     /// Bytes of filters and fences of sealed segments inside the window.
@@ -263,6 +269,7 @@ impl<R: LogRecord> Log<R> {
         };
         let (end, _) = watch::channel(0);
         let (healthy, _) = watch::channel(true);
+        let (segments, _) = watch::channel((0, 0));
         let shared = Arc::new(Shared {
             names,
             view: Mutex::new(Arc::new(View {
@@ -276,6 +283,7 @@ impl<R: LogRecord> Log<R> {
             })),
             end,
             healthy,
+            segments,
             active_keys: AtomicU64::new(0),
             filter_bytes: AtomicU64::new(0),
         });
@@ -370,6 +378,18 @@ impl<R> Log<R> {
     /// Changes whenever records become durable: followers wait on it.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.end.subscribe()
+    }
+
+    /// Changes whenever a segment is sealed or deleted: (first retained
+    /// position, first position of the active segment).
+    pub fn watch_segments(&self) -> watch::Receiver<(u64, u64)> {
+        self.shared.segments.subscribe()
+    }
+
+    /// The usage checkpoint file of the sealed segment starting at `first`
+    /// (derived data of `crate::read`, deleted with its segment).
+    pub fn checkpoint_path(&self, first: u64) -> PathBuf {
+        self.shared.names.sealed(first, names::USAGE)
     }
 
     /// Changes when writing fails or recovers (the writer probes a failed

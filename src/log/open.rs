@@ -12,7 +12,7 @@ use std::io;
 use super::active::open_active;
 use super::index::{ActiveKeys, SealedKeys};
 use super::keys::Summary;
-use super::names::{Names, DATA, KEYS, TIMES};
+use super::names::{Names, DATA, KEYS, TIMES, USAGE};
 use super::segment::{open_sealed, seal_legacy};
 use super::times::Commit;
 use super::{annotate, now_nanos, sync_dir, LogConfig};
@@ -103,11 +103,11 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
             }
         }
     }
-    // Index and times files whose data is gone: a deletion or an abandoned
-    // seal that a crash interrupted. They describe nothing.
+    // Index, times and checkpoint files whose data is gone: a deletion or
+    // an abandoned seal that a crash interrupted. They describe nothing.
     found.retain(|&first, f| {
         if !f.data {
-            for ext in [KEYS, TIMES] {
+            for ext in [KEYS, TIMES, USAGE] {
                 let _ = std::fs::remove_file(names.sealed(first, ext));
             }
         }

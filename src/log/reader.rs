@@ -59,7 +59,7 @@ struct Place {
     data: Arc<File>,
     /// A sealed segment's receive times, read once from its times file;
     /// `None` for the active segment, whose times the writer shares.
-    sealed: Option<Vec<Commit>>,
+    sealed: Option<Arc<[Commit]>>,
     active: Option<Arc<ActiveMeta>>,
     /// Index of `next` within the segment, and its byte offset.
     index: u64,
@@ -115,9 +115,30 @@ impl LogReader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogLine>, ReadError> {
-        let mut out: Vec<LogLine> = Vec::new();
+        let mut out = Vec::new();
+        self.visit(max_records, max_bytes, |position, received, line| {
+            out.push(LogLine {
+                position,
+                received,
+                line: line.to_vec(),
+            });
+        })?;
+        Ok(out)
+    }
+
+    /// As [`read`](Self::read), but lends each record to `f` (position,
+    /// receive time, line with its `\n`) instead of copying it: scans that
+    /// look at every record allocate nothing per record. Returns how many
+    /// records were visited. Blocking.
+    pub fn visit(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(u64, i64, &[u8]),
+    ) -> Result<usize, ReadError> {
+        let mut n = 0usize;
         let mut bytes = 0usize;
-        while out.len() < max_records && bytes < max_bytes {
+        while n < max_records && bytes < max_bytes {
             if self.next > *self.shared.end.borrow() {
                 break;
             }
@@ -125,8 +146,9 @@ impl LogReader {
                 self.locate()?;
             }
             let Some(place) = self.at.as_mut() else { break };
-            let want = max_records - out.len();
-            let commits = place.commits_from(place.index, want);
+            let want = max_records - n;
+            let (all, range) = place.commits_from(place.index, want);
+            let commits = &all[range];
             let Some(last) = commits.last() else {
                 // This segment has nothing more: move on if it was sealed.
                 let view = self.shared.view();
@@ -139,7 +161,7 @@ impl LogReader {
             };
             let mut group = 0;
             let mut lines = Lines::new(&place.data, place.offset, last.end_offset);
-            while out.len() < max_records && bytes < max_bytes {
+            while n < max_records && bytes < max_bytes {
                 let Some((_, line)) = lines.next_line()? else {
                     if place.offset < last.end_offset {
                         return Err(ReadError::Io(io::Error::new(
@@ -156,11 +178,8 @@ impl LogReader {
                     group += 1;
                 }
                 let received = commits.get(group).map_or(0, |c| c.received);
-                out.push(LogLine {
-                    position: self.next,
-                    received,
-                    line: line.to_vec(),
-                });
+                f(self.next, received, line);
+                n += 1;
                 bytes += line.len();
                 place.index += 1;
                 place.offset += line.len() as u64;
@@ -168,7 +187,7 @@ impl LogReader {
                 self.bytes_before = Some(place.bytes_before + place.offset);
             }
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// Finds the segment holding `next` and the offset of its line.
@@ -239,7 +258,7 @@ impl LogReader {
             let place = Place {
                 first: s.first,
                 data: Arc::new(data),
-                sealed: Some(commits),
+                sealed: Some(commits.into()),
                 active: None,
                 index: 0,
                 offset: 0,
@@ -294,16 +313,24 @@ impl LogReader {
 }
 
 impl Place {
-    /// Up to `n` commits from the group holding `index` on.
-    fn commits_from(&self, index: u64, n: usize) -> Vec<Commit> {
-        let take = |commits: &[Commit]| {
+    /// Up to `n` commits from the group holding `index` on: a range of a
+    /// sealed segment's commits, shared, or a copy of the active one's (the
+    /// writer adds to those under a lock that a reader must not hold while
+    /// it reads the file).
+    fn commits_from(&self, index: u64, n: usize) -> (Arc<[Commit]>, std::ops::Range<usize>) {
+        let range = |commits: &[Commit]| {
             let g = commits.partition_point(|c| c.end_count <= index);
-            commits[g..commits.len().min(g + n.max(1))].to_vec()
+            g..commits.len().min(g + n.max(1))
         };
         match (&self.sealed, &self.active) {
-            (Some(c), _) => take(c),
-            (None, Some(a)) => take(&a.commits.read().unwrap_or_else(PoisonError::into_inner)),
-            (None, None) => Vec::new(),
+            (Some(c), _) => (c.clone(), range(c)),
+            (None, Some(a)) => {
+                let guard = a.commits.read().unwrap_or_else(PoisonError::into_inner);
+                let copy: Arc<[Commit]> = guard[range(&guard)].into();
+                let len = copy.len();
+                (copy, 0..len)
+            }
+            (None, None) => (Arc::from(Vec::new()), 0..0),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use super::index::SealedKeys;
 use super::keys::{self, KeyIndex, Summary};
-use super::names::{DATA, KEYS, TIMES};
+use super::names::{DATA, KEYS, TIMES, USAGE};
 use super::open::{Active, Sealed};
 use super::times;
 use super::writer::Writer;
@@ -187,9 +187,9 @@ impl Writer {
         }
         let s = st.sealed.remove(0);
         let first = s.summary.first;
-        // Data first: index and times files left without data by a crash
-        // are deleted at the next open.
-        for ext in [DATA, KEYS, TIMES] {
+        // Data first: index, times and checkpoint files left without data
+        // by a crash are deleted at the next open.
+        for ext in [DATA, KEYS, TIMES, USAGE] {
             let path = names.sealed(first, ext);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

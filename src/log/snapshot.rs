@@ -81,6 +81,7 @@ impl Snapshot {
         let count = commits.last().map_or(0, |c| c.end_count);
         let (end, _) = watch::channel((first + count).saturating_sub(1));
         let (healthy, _) = watch::channel(true);
+        let (segments, _) = watch::channel((0, 0));
         let view = View {
             sealed,
             active: Arc::new(ActiveMeta {
@@ -96,6 +97,7 @@ impl Snapshot {
                 view: Mutex::new(Arc::new(view)),
                 end,
                 healthy,
+                segments,
                 active_keys: Default::default(),
                 filter_bytes: Default::default(),
             }),
@@ -115,6 +117,11 @@ impl Snapshot {
     /// The last committed position; 0 when there is none.
     pub fn end(&self) -> u64 {
         *self.shared.end.borrow()
+    }
+
+    /// The usage checkpoint file of the sealed segment starting at `first`.
+    pub fn checkpoint_path(&self, first: u64) -> std::path::PathBuf {
+        self.shared.names.sealed(first, super::names::USAGE)
     }
 
     /// The sealed segments, oldest first.

@@ -132,11 +132,17 @@ impl Writer {
                 .collect(),
             active: st.meta.clone(),
         };
+        let bounds = (view.first(), view.active.first);
         *self
             .shared
             .view
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        self.shared.segments.send_if_modified(|b| {
+            let changed = *b != bounds;
+            *b = bounds;
+            changed
+        });
     }
 
     /// Serves the queue until the log is closed. Periodic work runs every

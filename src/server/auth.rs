@@ -1,6 +1,12 @@
 //! Bearer-token authentication: `authorization: Bearer <token>` metadata,
 //! checked in constant time against the tokens of a file (one per line,
 //! blank lines and `#` comments ignored), re-read on SIGHUP.
+//!
+//! Writers (`--auth-token-file`, for `MeteringService`) and readers
+//! (`--reader-token-file`, for `LedgerService`) hold different tokens, so
+//! that a hypervisor's credential cannot read the ledger (batch credentials
+//! included) and a billing job's cannot write to it. [`Access`] decides,
+//! per service, which tokens open it.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -10,8 +16,8 @@ use tonic::{Request, Status};
 
 use crate::metrics::{code_name, metrics, RpcLabels};
 
-/// The token check; with no token file every call passes. Clones share the
-/// same tokens. Safe for concurrent use.
+/// One token file; with no file every call passes. Clones share the same
+/// tokens. Safe for concurrent use.
 #[derive(Clone, Default)]
 pub struct Auth {
     tokens: Option<Arc<Tokens>>,
@@ -19,6 +25,8 @@ pub struct Auth {
 
 struct Tokens {
     path: PathBuf,
+    /// The flag that named the file, for messages.
+    flag: &'static str,
     current: RwLock<Vec<Vec<u8>>>,
 }
 
@@ -28,12 +36,19 @@ impl Auth {
         Auth::default()
     }
 
-    /// Reads the token file; it must hold at least one token.
+    /// Reads the writers' token file (`--auth-token-file`); it must hold at
+    /// least one token.
     pub fn from_file(path: PathBuf) -> Result<Auth, String> {
-        let tokens = read(&path)?;
+        Auth::from_file_of("--auth-token-file", path)
+    }
+
+    /// Reads the token file given with `flag`; it must hold at least one token.
+    pub fn from_file_of(flag: &'static str, path: PathBuf) -> Result<Auth, String> {
+        let tokens = read(flag, &path)?;
         Ok(Auth {
             tokens: Some(Arc::new(Tokens {
                 path,
+                flag,
                 current: RwLock::new(tokens),
             })),
         })
@@ -42,7 +57,7 @@ impl Auth {
     /// Re-reads the token file; on error the previous tokens stay.
     pub fn reload(&self) -> Result<(), String> {
         if let Some(t) = &self.tokens {
-            let fresh = read(&t.path)?;
+            let fresh = read(t.flag, &t.path)?;
             *t.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         }
         Ok(())
@@ -52,12 +67,60 @@ impl Auth {
         self.tokens.is_some()
     }
 
-    /// Passes the request when its bearer token is one of the tokens.
-    /// The token itself never reaches logs or error messages.
-    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+    /// Whether `presented` is one of the tokens, compared against every one
+    /// of them in constant time.
+    fn knows(&self, presented: &str) -> bool {
         let Some(tokens) = &self.tokens else {
-            return Ok(req);
+            return false;
         };
+        let known = tokens.current.read().unwrap_or_else(|e| e.into_inner());
+        let mut ok = subtle::Choice::from(0);
+        for t in known.iter() {
+            ok |= t.as_slice().ct_eq(presented.trim().as_bytes());
+        }
+        bool::from(ok)
+    }
+}
+
+/// Who a service is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `MeteringService`: writer tokens only.
+    Writer,
+    /// `LedgerService`: reader tokens only.
+    Reader,
+    /// Health and reflection under `--auth-all-services`: either kind.
+    Any,
+}
+
+/// Writer and reader tokens, and who may call what. Clones share the tokens.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub writers: Auth,
+    pub readers: Auth,
+}
+
+impl Access {
+    /// Whether any token is required anywhere.
+    pub fn enabled(&self) -> bool {
+        self.writers.enabled() || self.readers.enabled()
+    }
+
+    /// Passes the request when its bearer token opens a service for `role`:
+    /// - with no tokens configured at all, every call passes;
+    /// - `Writer`: open while no writer tokens are configured; otherwise a
+    ///   writer token, and a reader token is refused;
+    /// - `Reader`: once any tokens are configured, only a reader token (with
+    ///   writer tokens alone, the ledger stays closed: it holds credentials);
+    /// - `Any`: a token of either kind.
+    ///
+    /// No token or an unknown one is `UNAUTHENTICATED`; a known token of the
+    /// wrong kind is `PERMISSION_DENIED`. The token itself never reaches logs
+    /// or error messages.
+    pub fn check(&self, req: Request<()>, role: Role) -> Result<Request<()>, Status> {
+        if !self.enabled() || (role == Role::Writer && !self.writers.enabled()) {
+            return Ok(req);
+        }
         let presented = req
             .metadata()
             .get("authorization")
@@ -69,24 +132,38 @@ impl Auth {
         let Some(presented) = presented else {
             return Err(refuse(
                 &req,
+                tonic::Code::Unauthenticated,
                 "missing bearer token (authorization: Bearer <token>)",
             ));
         };
-        let known = tokens.current.read().unwrap_or_else(|e| e.into_inner());
-        // Compare against every token, without stopping early.
-        let mut ok = subtle::Choice::from(0);
-        for t in known.iter() {
-            ok |= t.as_slice().ct_eq(presented.trim().as_bytes());
-        }
-        if bool::from(ok) {
-            Ok(req)
-        } else {
-            Err(refuse(&req, "invalid bearer token"))
+        let (writer, reader) = (self.writers.knows(presented), self.readers.knows(presented));
+        match (role, writer, reader) {
+            (Role::Writer, true, _) | (Role::Reader, _, true) | (Role::Any, true, _) => Ok(req),
+            (Role::Any, _, true) => Ok(req),
+            (Role::Writer, false, true) => Err(refuse(
+                &req,
+                tonic::Code::PermissionDenied,
+                "a reader token does not open metering.v1.MeteringService; use a token of --auth-token-file",
+            )),
+            (Role::Reader, true, false) => Err(refuse(
+                &req,
+                tonic::Code::PermissionDenied,
+                if self.readers.enabled() {
+                    "a writer token does not open metering.v1.LedgerService; use a token of --reader-token-file"
+                } else {
+                    "a writer token does not open metering.v1.LedgerService, and this server has no reader tokens (--reader-token-file)"
+                },
+            )),
+            _ => Err(refuse(
+                &req,
+                tonic::Code::Unauthenticated,
+                "invalid bearer token",
+            )),
         }
     }
 }
 
-fn refuse(req: &Request<()>, why: &str) -> Status {
+fn refuse(req: &Request<()>, code: tonic::Code, why: &str) -> Status {
     let rpc = req
         .extensions()
         .get::<tonic::GrpcMethod>()
@@ -95,14 +172,14 @@ fn refuse(req: &Request<()>, why: &str) -> Status {
         .requests
         .get_or_create(&RpcLabels {
             rpc: static_rpc(rpc),
-            code: code_name(tonic::Code::Unauthenticated),
+            code: code_name(code),
         })
         .inc();
     // Once per episode, with counts: a client looping on a bad token must
     // not fill the log.
     static REFUSED: super::quiet::Quiet = super::quiet::Quiet::new("bad or missing token");
     REFUSED.refused(&format_args!("{rpc}: {why}"));
-    super::status::unauthenticated(why)
+    super::status::refused(code, why)
 }
 
 /// Label values must be static: known methods map to themselves.
@@ -111,6 +188,8 @@ fn static_rpc(name: &str) -> &'static str {
         "Emit" => "Emit",
         "EmitBatch" => "EmitBatch",
         "SubmitBatch" => "SubmitBatch",
+        "Tail" => "Tail",
+        "Usage" => "Usage",
         "Check" => "Check",
         "Watch" => "Watch",
         "ServerReflectionInfo" => "ServerReflectionInfo",
@@ -118,9 +197,9 @@ fn static_rpc(name: &str) -> &'static str {
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
+fn read(flag: &str, path: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
     let tokens: Vec<Vec<u8>> = text
         .lines()
         .map(str::trim)
@@ -128,10 +207,7 @@ fn read(path: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
         .map(|l| l.as_bytes().to_vec())
         .collect();
     if tokens.is_empty() {
-        return Err(format!(
-            "--auth-token-file {}: holds no token",
-            path.display()
-        ));
+        return Err(format!("{flag} {}: holds no token", path.display()));
     }
     Ok(tokens)
 }

@@ -1,5 +1,6 @@
 //! Serving status, kept in `grpc.health.v1.Health` for the whole server
-//! (`""`) and for `metering.v1.MeteringService`.
+//! (`""`) and for `metering.v1.MeteringService` (whether writes succeed),
+//! and for `metering.v1.LedgerService` (whether there is a ledger to read).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use tonic_health::ServingStatus;
 
 /// The service name that health checks may ask for.
 pub const SERVICE_NAME: &str = "metering.v1.MeteringService";
+/// The reader service's name in health checks.
+pub const LEDGER_SERVICE_NAME: &str = "metering.v1.LedgerService";
 
 /// Tracks whether the sinks are taking writes. Safe for concurrent use;
 /// only transitions reach the health service.
@@ -21,13 +24,24 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    pub(crate) async fn new(reporter: HealthReporter) -> Self {
+    /// `readable`: whether a sink keeps a ledger that LedgerService reads
+    /// (a forwarding-only sidecar has none: NOT_SERVING for it, for good).
+    pub(crate) async fn new(reporter: HealthReporter, readable: bool) -> Self {
         let health = Health {
             reporter,
             serving: Arc::new(AtomicBool::new(true)),
             stopping: Arc::new(AtomicBool::new(false)),
         };
         health.publish(true).await;
+        let status = if readable {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health
+            .reporter
+            .set_service_status(LEDGER_SERVICE_NAME, status)
+            .await;
         health
     }
 
@@ -96,6 +110,9 @@ impl Health {
         self.stopping.store(true, Ordering::Release);
         self.serving.store(false, Ordering::Release);
         self.publish(false).await;
+        self.reporter
+            .set_service_status(LEDGER_SERVICE_NAME, ServingStatus::NotServing)
+            .await;
     }
 
     async fn publish(&self, serving: bool) {

@@ -1,6 +1,8 @@
-//! The tonic server: `MeteringService` beside `grpc.health.v1.Health` and
-//! server reflection (v1 and v1alpha), on TCP (optionally TLS) and
-//! Unix-socket listeners, with admission control and bearer-token auth.
+//! The tonic server: `MeteringService` (writers) and `LedgerService`
+//! (readers) beside `grpc.health.v1.Health` and server reflection (v1 and
+//! v1alpha), on TCP (optionally TLS) and Unix-socket listeners, with
+//! admission control and bearer-token auth (writer and reader tokens kept
+//! apart).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{code_name, metrics, RpcLabels};
+use crate::pb::ledger_service_server::LedgerServiceServer;
 use crate::pb::metering_service_server::{MeteringService, MeteringServiceServer};
 use crate::pb::{
     EmitBatchRequest, EmitBatchResponse, EmitRequest, EmitResponse, SubmitBatchRequest,
@@ -27,14 +30,15 @@ mod budget;
 mod emit;
 mod emit_batch;
 mod health;
+mod ledger;
 mod listen;
 mod quiet;
 mod status;
 mod submit_batch;
 mod tls;
 
-pub use auth::Auth;
-pub use health::SERVICE_NAME;
+pub use auth::{Access, Auth, Role};
+pub use health::{LEDGER_SERVICE_NAME, SERVICE_NAME};
 pub use listen::{ListenAddr, Listener};
 pub use tls::{Tls, TlsFiles};
 
@@ -71,6 +75,9 @@ pub struct Config {
     /// Bearer tokens for MeteringService (and, with `auth_all_services`,
     /// health and reflection too).
     pub auth: Auth,
+    /// Bearer tokens for LedgerService (and, with `auth_all_services`,
+    /// health and reflection too). See [`Access`] for who may call what.
+    pub reader_auth: Auth,
     pub auth_all_services: bool,
 }
 
@@ -90,6 +97,7 @@ impl Default for Config {
             tls: None,
             max_tls_handshakes: 512,
             auth: Auth::none(),
+            reader_auth: Auth::none(),
             auth_all_services: false,
         }
     }
@@ -286,19 +294,19 @@ impl MeteringService for Metering {
 
 type Intercepted<S> = InterceptedService<S, Interceptor>;
 
-/// The auth check as a tonic interceptor; `enforce = false` lets every call through.
+/// The auth check as a tonic interceptor: `role: None` lets every call
+/// through.
 #[derive(Clone)]
 pub struct Interceptor {
-    auth: Auth,
-    enforce: bool,
+    access: Access,
+    role: Option<Role>,
 }
 
 impl tonic::service::Interceptor for Interceptor {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        if self.enforce {
-            self.auth.check(req)
-        } else {
-            Ok(req)
+        match self.role {
+            Some(role) => self.access.check(req, role),
+            None => Ok(req),
         }
     }
 }
@@ -313,7 +321,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = health::Health::new(reporter).await;
+    let kept = sink.ledger();
+    let health = health::Health::new(reporter, kept.is_some()).await;
     health.follow(sink.health());
     let shared = Arc::new(Shared {
         sink: sink.clone(),
@@ -323,17 +332,28 @@ pub async fn run(
         max_in_flight: config.max_in_flight,
         budget: budget::Budget::new(config.max_queue_bytes),
     });
-    let guard = |enforce: bool| Interceptor {
-        auth: config.auth.clone(),
-        enforce: enforce && config.auth.enabled(),
+    let access = Access {
+        writers: config.auth.clone(),
+        readers: config.reader_auth.clone(),
     };
+    let guard = |role: Option<Role>| Interceptor {
+        access: access.clone(),
+        role: role.filter(|_| access.enabled()),
+    };
+    let others = config.auth_all_services.then_some(Role::Any);
+    // Cancelled when shutdown begins: following Tail calls end then.
+    let readers_stop = CancellationToken::new();
+    let reader = ledger::Reader::new(shared.clone(), kept, readers_stop.clone());
     let metering: Intercepted<_> = InterceptedService::new(
         MeteringServiceServer::new(Metering { shared })
             .max_decoding_message_size(config.max_message_bytes),
-        guard(true),
+        guard(Some(Role::Writer)),
     );
-    let health_service: Intercepted<_> =
-        InterceptedService::new(health_service, guard(config.auth_all_services));
+    let ledger_service: Intercepted<_> = InterceptedService::new(
+        LedgerServiceServer::new(reader).max_decoding_message_size(config.max_message_bytes),
+        guard(Some(Role::Reader)),
+    );
+    let health_service: Intercepted<_> = InterceptedService::new(health_service, guard(others));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -345,11 +365,9 @@ pub async fn run(
     };
     // v1alpha too: grpcurl 1.8 only speaks v1alpha.
     let reflection_v1: Intercepted<_> =
-        InterceptedService::new(reflection().build_v1()?, guard(config.auth_all_services));
-    let reflection_v1alpha: Intercepted<_> = InterceptedService::new(
-        reflection().build_v1alpha()?,
-        guard(config.auth_all_services),
-    );
+        InterceptedService::new(reflection().build_v1()?, guard(others));
+    let reflection_v1alpha: Intercepted<_> =
+        InterceptedService::new(reflection().build_v1alpha()?, guard(others));
 
     let token = CancellationToken::new();
     let handshakes = tls::Handshakes::new(config.max_tls_handshakes);
@@ -369,6 +387,7 @@ pub async fn run(
             // Unix sockets accept the socket path as :authority, TCP does not.
             .layer(authority::layer(unix_socket))
             .add_service(metering.clone())
+            .add_service(ledger_service.clone())
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
@@ -400,6 +419,7 @@ pub async fn run(
         Some(result) = servers.join_next() => {
             // A server ended on its own: that is an error worth stopping for.
             token.cancel();
+            readers_stop.cancel();
             let _ = sink.close().await;
             return Err(match result {
                 Ok(Err(e)) => e.into(),
@@ -409,6 +429,7 @@ pub async fn run(
         }
     }
     health.stopping().await;
+    readers_stop.cancel();
     token.cancel();
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         while servers.join_next().await.is_some() {}

@@ -68,6 +68,11 @@ pub trait Sink: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The ledger this sink writes, for `LedgerService` to read. Default: none.
+    fn ledger(&self) -> Option<Arc<crate::ledger::Ledger>> {
+        None
+    }
+
     /// Makes everything taken so far durable and stops. Called once at shutdown.
     fn close(&self) -> SinkFuture<()> {
         Box::pin(async { Ok(()) })

@@ -55,11 +55,26 @@ impl std::ops::AddAssign for Decimal {
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let whole = self.0 / NANOS_PER_UNIT;
-        let frac = self.0 % NANOS_PER_UNIT;
-        if frac == 0 {
-            return write!(f, "{whole}");
+        // Below 10⁹: fits a u64.
+        let frac = (self.0 % NANOS_PER_UNIT) as u64;
+        // A usage answer prints three of these per row: u64 arithmetic (and
+        // no allocation) wherever the integer part allows.
+        match u64::try_from(whole) {
+            Ok(w) => f.write_str(itoa::Buffer::new().format(w))?,
+            Err(_) => write!(f, "{whole}")?,
         }
-        let digits = format!("{frac:09}");
-        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+        if frac == 0 {
+            return Ok(());
+        }
+        let mut digits = [b'0'; 9];
+        let mut rest = frac;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let used = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+        f.write_str(".")?;
+        // ASCII digits.
+        f.write_str(std::str::from_utf8(&digits[..used]).unwrap_or_default())
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::ids::IdMap;
 use super::{Family, UnixNanos};
 use crate::record::{Entry, Kind, Shape};
 
@@ -127,12 +128,42 @@ pub fn classify(kind: Kind) -> (Family, bool) {
     }
 }
 
-/// The id an entry is paired by: `vm_id` for the VM families, `snapshot_id`
-/// for snapshots.
-pub fn id_of(family: Family, entry: &Entry) -> &str {
-    match family {
-        Family::VmCompute | Family::VmStorage => &entry.vm_id,
-        Family::SnapStorage => &entry.snapshot_id,
+/// The fields of an entry that the engine reads, borrowed: what a reader
+/// decodes from a ledger line without allocating (see `crate::read`).
+#[derive(Clone, Copy, Debug)]
+pub struct EntryRef<'a> {
+    pub kind: Kind,
+    pub vm_id: &'a str,
+    pub snapshot_id: &'a str,
+    pub hypervisor: &'a str,
+    pub shape: Shape,
+    /// `emitted_at` in Unix nanoseconds.
+    pub emitted_at: UnixNanos,
+}
+
+// === impl EntryRef ===
+
+impl<'a> From<&'a Entry> for EntryRef<'a> {
+    fn from(e: &'a Entry) -> Self {
+        EntryRef {
+            kind: e.kind,
+            vm_id: &e.vm_id,
+            snapshot_id: &e.snapshot_id,
+            hypervisor: &e.hypervisor,
+            shape: e.shape,
+            emitted_at: e.emitted_at.unix_timestamp_nanos(),
+        }
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    /// The id the entry is paired by: `vm_id` for the VM families,
+    /// `snapshot_id` for snapshots.
+    pub fn id(&self, family: Family) -> &'a str {
+        match family {
+            Family::VmCompute | Family::VmStorage => self.vm_id,
+            Family::SnapStorage => self.snapshot_id,
+        }
     }
 }
 
@@ -140,7 +171,7 @@ pub fn id_of(family: Family, entry: &Entry) -> &str {
 /// distinct values over millions of records).
 #[derive(Debug, Default)]
 pub struct Interner {
-    index: HashMap<Box<str>, u32>,
+    index: HashMap<Box<str>, u32, rustc_hash::FxBuildHasher>,
     names: Vec<Box<str>>,
 }
 
@@ -163,23 +194,33 @@ impl Interner {
     }
 }
 
-/// Events grouped by (family, id). Looking an id up allocates nothing once
-/// the id is known, so a push costs one hash lookup and one `Vec` push.
+/// Events grouped by (family, id). A push appends to one log (its slot
+/// beside it), so pushing touches no per-id memory but the id's table
+/// entry: per-id vectors cost two cache misses per record on a month of
+/// ledger (their headers and their tails are all over the heap). The log is
+/// grouped by slot once, at the end, with a counting sort.
 #[derive(Debug)]
 pub struct Groups<T> {
-    /// Per family (indexed by `Family::index`): id → slot in `slots`.
-    ids: [HashMap<Box<str>, usize>; 3],
-    slots: Vec<Slot<T>>,
+    /// Per family (indexed by `Family::index`): id → slot.
+    ids: [IdMap; 3],
+    /// Per slot: what the owner seeds it with.
+    seeds: Vec<Option<T>>,
+    /// Every event, in push order, and its slot (kept apart, so that an
+    /// event costs 44 bytes, not 48).
+    events: Vec<Event>,
+    slot_of: Vec<u32>,
 }
 
 /// A (family, id) and the index of its slot.
 pub type Key = (Family, Box<str>, usize);
 
-/// One (family, id): its events and whatever the owner seeds it with.
+/// The events of every slot, contiguous per slot.
 #[derive(Debug)]
-pub struct Slot<T> {
-    pub events: Vec<Event>,
-    pub seed: Option<T>,
+pub struct Grouped<T> {
+    seeds: Vec<Option<T>>,
+    events: Vec<Event>,
+    /// Slot `i`'s events are `events[starts[i]..starts[i + 1]]`.
+    starts: Vec<usize>,
 }
 
 // === impl Groups ===
@@ -189,44 +230,79 @@ impl<T> Default for Groups<T> {
     fn default() -> Self {
         Groups {
             ids: Default::default(),
-            slots: Vec::new(),
-        }
-    }
-}
-
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Slot {
+            seeds: Vec::new(),
             events: Vec::new(),
-            seed: None,
+            slot_of: Vec::new(),
         }
     }
 }
 
 impl<T> Groups<T> {
-    pub fn slot(&mut self, family: Family, id: &str) -> &mut Slot<T> {
+    fn slot(&mut self, family: Family, id: &str) -> usize {
         let ids = &mut self.ids[family.index()];
-        let i = match ids.get(id) {
-            Some(&i) => i,
+        match ids.get(id) {
+            Some(i) => i,
             None => {
-                let i = self.slots.len();
-                ids.insert(id.into(), i);
-                self.slots.push(Slot::default());
+                let i = self.seeds.len();
+                ids.insert(id, i);
+                self.seeds.push(None);
                 i
             }
-        };
-        &mut self.slots[i]
+        }
+    }
+
+    pub fn push(&mut self, family: Family, id: &str, event: Event) {
+        let slot = self.slot(family, id);
+        // Slots are counted in u32: 4 billion distinct ids do not fit in
+        // memory anyway.
+        self.slot_of.push(u32::try_from(slot).unwrap_or(u32::MAX));
+        self.events.push(event);
+    }
+
+    pub fn seed(&mut self, family: Family, id: &str, seed: T) {
+        let slot = self.slot(family, id);
+        self.seeds[slot] = Some(seed);
     }
 
     /// Every (family, id) with its slot index, ordered by family, then id
-    /// (byte order): the order of the answer.
-    pub fn into_sorted(self) -> (Vec<Key>, Vec<Slot<T>>) {
-        let mut keys = Vec::with_capacity(self.slots.len());
+    /// (byte order): the order of the answer; and the events by slot.
+    pub fn into_sorted(self) -> (Vec<Key>, Grouped<T>) {
+        let mut keys = Vec::with_capacity(self.seeds.len());
         for (family, ids) in Family::ALL.into_iter().zip(self.ids) {
-            let mut ids: Vec<_> = ids.into_iter().collect();
-            ids.sort_unstable();
-            keys.extend(ids.into_iter().map(|(id, i)| (family, id, i)));
+            keys.extend(ids.into_sorted().into_iter().map(|(id, i)| (family, id, i)));
         }
-        (keys, self.slots)
+        let mut starts = vec![0usize; self.seeds.len() + 1];
+        for &s in &self.slot_of {
+            starts[s as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut events = self.events.clone();
+        for (&s, e) in self.slot_of.iter().zip(&self.events) {
+            let at = &mut next[s as usize];
+            events[*at] = *e;
+            *at += 1;
+        }
+        (
+            keys,
+            Grouped {
+                seeds: self.seeds,
+                events,
+                starts,
+            },
+        )
+    }
+}
+
+// === impl Grouped ===
+
+impl<T> Grouped<T> {
+    /// Slot `i`'s seed (taken: a second call gives `None`) and its events.
+    pub fn take(&mut self, i: usize) -> (Option<T>, &mut [Event]) {
+        let seed = self.seeds.get_mut(i).and_then(Option::take);
+        let (a, b) = (self.starts[i], self.starts[i + 1]);
+        (seed, &mut self.events[a..b])
     }
 }

@@ -31,6 +31,7 @@
 mod bucket;
 mod decimal;
 mod events;
+mod ids;
 mod pairing;
 mod query;
 mod report;
@@ -40,13 +41,14 @@ pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
-pub use bucket::MAX_BUCKETS;
+pub use bucket::{time_zone, MAX_BUCKETS};
 pub use decimal::Decimal;
 pub use pairing::{AnomalyType, Checkpoint, Fold, OpenState, SeedError};
 pub use query::{timestamp, Granularity, Query};
 pub use report::{Anomaly, IdUsage, Report, Row};
 
-use events::{classify, id_of, Billed, Event, Groups, Interner};
+pub use events::EntryRef;
+use events::{classify, Billed, Event, Groups, Interner};
 use pairing::Open;
 
 use crate::record::{Entry, Invalid};
@@ -181,15 +183,25 @@ impl Usage {
         received_at: UnixNanos,
         entry: &Entry,
     ) -> Result<(), SeedError> {
+        self.push_ref(position, received_at, EntryRef::from(entry))
+    }
+
+    /// [`push`](Self::push) of an entry's borrowed fields.
+    pub fn push_ref(
+        &mut self,
+        position: u64,
+        received_at: UnixNanos,
+        entry: EntryRef<'_>,
+    ) -> Result<(), SeedError> {
         if self.as_of.is_some_and(|as_of| received_at > as_of) {
             return Ok(());
         }
         let (family, start) = classify(entry.kind);
-        let id = id_of(family, entry);
+        let id = entry.id(family);
         if !self.families[family.index()] || self.id.as_deref().is_some_and(|want| want != id) {
             return Ok(());
         }
-        let at = entry.emitted_at.unix_timestamp_nanos();
+        let at = entry.emitted_at;
         if let Some(before) = self.checkpoint.filter(|&before| at < before) {
             return Err(SeedError::Stale {
                 position,
@@ -204,7 +216,7 @@ impl Usage {
             return Ok(());
         }
         self.pushed = true;
-        let hypervisor = self.hypervisors.intern(&entry.hypervisor);
+        let hypervisor = self.hypervisors.intern(entry.hypervisor);
         let event = Event::new(
             at,
             position,
@@ -212,17 +224,17 @@ impl Usage {
             Billed::of(family, &entry.shape),
             hypervisor,
         );
-        self.groups.slot(family, id).events.push(event);
+        self.groups.push(family, id, event);
         Ok(())
     }
 
     /// The answer, one (family, id) at a time in family, id order; each id's
     /// rows are computed when the iterator reaches it.
     pub fn finish(self) -> Report {
-        let (keys, slots) = self.groups.into_sorted();
+        let (keys, grouped) = self.groups.into_sorted();
         Report::new(
             keys,
-            slots,
+            grouped,
             self.hypervisors,
             self.bounds,
             self.horizon,

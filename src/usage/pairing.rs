@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::events::{classify, id_of, Billed, Event, Groups, Interner};
+use super::events::{classify, Billed, EntryRef, Event, Groups, Interner};
 use super::{Family, UnixNanos};
 use crate::record::{Entry, Shape};
 
@@ -179,7 +179,7 @@ pub fn seed(
             hypervisor: hypervisors.intern(&state.hypervisor),
             position: state.position,
         };
-        groups.slot(family, &id).seed = Some(open);
+        groups.seed(family, &id, open);
     }
 }
 
@@ -232,7 +232,12 @@ impl Fold {
     /// Adds one record. Records at or after `before` are ignored; one before
     /// the resumed checkpoint is refused as [`SeedError::Stale`].
     pub fn push(&mut self, position: u64, entry: &Entry) -> Result<(), SeedError> {
-        let at = entry.emitted_at.unix_timestamp_nanos();
+        self.push_ref(position, EntryRef::from(entry))
+    }
+
+    /// [`push`](Self::push) of an entry's borrowed fields.
+    pub fn push_ref(&mut self, position: u64, entry: EntryRef<'_>) -> Result<(), SeedError> {
+        let at = entry.emitted_at;
         if at >= self.before {
             return Ok(());
         }
@@ -244,7 +249,7 @@ impl Fold {
             });
         }
         let (family, start) = classify(entry.kind);
-        let hypervisor = self.hypervisors.intern(&entry.hypervisor);
+        let hypervisor = self.hypervisors.intern(entry.hypervisor);
         let event = Event::new(
             at,
             position,
@@ -252,21 +257,23 @@ impl Fold {
             Billed::of(family, &entry.shape),
             hypervisor,
         );
-        self.groups
-            .slot(family, id_of(family, entry))
-            .events
-            .push(event);
+        self.groups.push(family, entry.id(family), event);
         Ok(())
+    }
+
+    /// `before` of the checkpoint this fold will make.
+    pub fn before(&self) -> UnixNanos {
+        self.before
     }
 
     /// The checkpoint at `before`.
     pub fn finish(self) -> Checkpoint {
-        let (keys, mut slots) = self.groups.into_sorted();
+        let (keys, mut grouped) = self.groups.into_sorted();
         let mut open = BTreeMap::new();
         for (family, id, i) in keys {
-            let slot = &mut slots[i];
-            slot.events.sort_unstable_by_key(Event::order);
-            let end = pair(slot.seed, &slot.events, |_| {}, |_, _| {});
+            let (seed, events) = grouped.take(i);
+            events.sort_unstable_by_key(Event::order);
+            let end = pair(seed, events, |_| {}, |_, _| {});
             if let Some(o) = end {
                 let state = OpenState {
                     since: o.since,

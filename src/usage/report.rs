@@ -1,10 +1,8 @@
 //! The answer of a usage query, one (family, id) at a time, and its
 //! protobuf form.
 
-use std::mem;
-
 use super::decimal::Decimal;
-use super::events::{Event, Interner, Key, Slot};
+use super::events::{Event, Grouped, Interner, Key};
 use super::pairing::{pair, AnomalyType, Open};
 use super::query::timestamp;
 use super::rows::Rows;
@@ -51,11 +49,11 @@ pub struct IdUsage {
 }
 
 /// The answer, as an iterator in family, id order. Each (family, id) is
-/// paired and bucketed when reached, and its events freed then.
+/// paired and bucketed when reached.
 #[derive(Debug)]
 pub struct Report {
     keys: std::vec::IntoIter<Key>,
-    slots: Vec<Slot<Open>>,
+    grouped: Grouped<Open>,
     hypervisors: Interner,
     bounds: Vec<UnixNanos>,
     horizon: UnixNanos,
@@ -68,7 +66,7 @@ pub struct Report {
 impl Report {
     pub(super) fn new(
         keys: Vec<Key>,
-        slots: Vec<Slot<Open>>,
+        grouped: Grouped<Open>,
         hypervisors: Interner,
         bounds: Vec<UnixNanos>,
         horizon: UnixNanos,
@@ -76,7 +74,7 @@ impl Report {
     ) -> Report {
         Report {
             keys: keys.into_iter(),
-            slots,
+            grouped,
             hypervisors,
             bounds,
             horizon,
@@ -84,15 +82,15 @@ impl Report {
         }
     }
 
-    fn compute(&mut self, family: Family, id: Box<str>, slot: Slot<Open>) -> IdUsage {
-        let mut events = slot.events;
+    fn compute(&mut self, family: Family, id: Box<str>, i: usize) -> IdUsage {
+        let (seed, events) = self.grouped.take(i);
         events.sort_unstable_by_key(Event::order);
         let (start, end) = self.range;
         let mut rows = Rows::new(family, &self.bounds, self.horizon);
         let mut anomalies = Vec::new();
         pair(
-            slot.seed,
-            &events,
+            seed,
+            events,
             |iv| rows.add(iv),
             |kind, e: &Event| {
                 if (start..end).contains(&e.at()) {
@@ -135,8 +133,7 @@ impl Iterator for Report {
     fn next(&mut self) -> Option<IdUsage> {
         loop {
             let (family, id, i) = self.keys.next()?;
-            let slot = mem::take(&mut self.slots[i]);
-            let usage = self.compute(family, id, slot);
+            let usage = self.compute(family, id, i);
             if !usage.rows.is_empty() || !usage.anomalies.is_empty() {
                 return Some(usage);
             }

@@ -14,7 +14,7 @@ use crate::record::{Entry, Kind, Metric, MetricBatch, Reason, Shape};
 /// A line that is not a record meterd could have written.
 #[derive(Debug, thiserror::Error)]
 #[error("unreadable record: {0}")]
-pub struct DecodeError(String);
+pub struct DecodeError(pub(super) String);
 
 #[derive(Deserialize)]
 struct GoEntry {
@@ -77,6 +77,40 @@ struct GoMetric {
     labels: Option<BTreeMap<String, String>>,
 }
 
+const KINDS: [Kind; 6] = [
+    Kind::VmComputeStart,
+    Kind::VmComputeStop,
+    Kind::VmStorageStart,
+    Kind::VmStorageStop,
+    Kind::SnapStorageStart,
+    Kind::SnapStorageStop,
+];
+
+const REASONS: [Reason; 9] = [
+    Reason::Boot,
+    Reason::Restart,
+    Reason::Clone,
+    Reason::Restore,
+    Reason::HibernateWake,
+    Reason::StopUser,
+    Reason::StopCrash,
+    Reason::VmRemove,
+    Reason::SnapRemove,
+];
+
+/// The kind a wire name stands for.
+pub(super) fn kind_of(name: &str) -> Result<Kind, DecodeError> {
+    KINDS
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .ok_or_else(|| DecodeError(format!("unknown kind {name:?}")))
+}
+
+/// Whether a non-empty reason is one the Go package defines.
+pub(super) fn reason_known(name: &str) -> bool {
+    REASONS.iter().any(|r| r.as_str() == name)
+}
+
 /// Parses one entry line.
 pub fn decode_entry(line: &[u8]) -> Result<Entry, DecodeError> {
     let g: GoEntry = serde_json::from_slice(line).map_err(|e| DecodeError(e.to_string()))?;
@@ -137,7 +171,7 @@ pub fn decode_batch(line: &[u8]) -> Result<MetricBatch, DecodeError> {
     })
 }
 
-fn time(s: &str) -> Result<OffsetDateTime, DecodeError> {
+pub(super) fn time(s: &str) -> Result<OffsetDateTime, DecodeError> {
     OffsetDateTime::parse(s, &Rfc3339)
         .map(|t| t.to_offset(UtcOffset::UTC))
         .map_err(|e| DecodeError(format!("time {s:?}: {e}")))

@@ -213,4 +213,7 @@ pub fn string(s: &str, out: &mut Vec<u8>) {
 }
 
 mod decode;
+mod fields;
+pub mod rfc3339;
 pub use decode::{decode_batch, decode_entry, DecodeError};
+pub use fields::{entry_fields, EntryFields};

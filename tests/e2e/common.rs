@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meterd::ledger::{Fsync, LedgerConfig};
+use meterd::pb::ledger_service_client::LedgerServiceClient;
 use meterd::pb::metering_service_client::MeteringServiceClient;
 use meterd::pb::{self, Kind, Reason};
 use meterd::server::{self, ListenAddr, Listener};
@@ -23,6 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 pub type Client = MeteringServiceClient<Channel>;
+pub type Reader = LedgerServiceClient<Channel>;
 
 /// The Go-generated wire vectors in `../shared/vectors/seed-wire.json`.
 pub fn vectors() -> Value {
@@ -68,9 +70,12 @@ impl Server {
     }
 
     pub async fn jsonl_with(dir: &Path, config: server::Config) -> Server {
-        let sink = JsonlSink::open(ledger_config(dir))
-            .await
-            .expect("open ledger");
+        Self::with_ledger(ledger_config(dir), config).await
+    }
+
+    /// A server over a ledger opened with `ledger` (tiny segments, retention...).
+    pub async fn with_ledger(ledger: LedgerConfig, config: server::Config) -> Server {
+        let sink = JsonlSink::open(ledger).await.expect("open ledger");
         Self::with_sink(Arc::new(sink), config).await
     }
 
@@ -103,6 +108,11 @@ impl Server {
 
     pub async fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(channel(self.addr).await)
+    }
+
+    /// A LedgerService client.
+    pub async fn reader(&self) -> Reader {
+        LedgerServiceClient::new(channel(self.addr).await)
     }
 
     /// Graceful shutdown: returns once the ledger is synced and closed.
@@ -236,6 +246,19 @@ impl Binary {
 
     pub async fn client(&self) -> Client {
         connect_tcp(self.addr).await
+    }
+
+    /// A LedgerService client.
+    pub async fn reader(&self) -> Reader {
+        LedgerServiceClient::new(channel(self.addr).await)
+    }
+
+    /// Sends a signal (`HUP`, `TERM`...) to the server.
+    pub fn signal(&self, name: &str) {
+        Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
     }
 
     /// What the server logged so far.
@@ -483,4 +506,55 @@ pub fn batch(uuid: &str, model: &str) -> pb::MetricBatch {
 
 pub fn emit_req(entry: pb::Entry) -> pb::EmitRequest {
     pb::EmitRequest { entry: Some(entry) }
+}
+
+/// Waits (up to 20 s) until `done` holds; panics with `what` otherwise. For
+/// conditions that the server reaches on its own time (a seal, retention),
+/// never to decide whether a test passes.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every response of a Tail call that ends (follow = false).
+pub async fn tail_all(reader: &mut Reader, req: pb::TailRequest) -> Vec<pb::TailResponse> {
+    let mut stream = reader.tail(req).await.expect("tail").into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.expect("tail message") {
+        out.push(r);
+    }
+    out
+}
+
+/// A Tail request of the entries stream after `after`.
+pub fn tail_entries(after: u64) -> pb::TailRequest {
+    pb::TailRequest {
+        stream: pb::Stream::Entries as i32,
+        after,
+        ..Default::default()
+    }
+}
+
+/// An entry of `kind` for `id` at `at` (RFC 3339), with a shape.
+pub fn entry_at(kind: Kind, id: &str, at: &str, shape: (i64, i64, i64)) -> pb::Entry {
+    let vm = !matches!(kind, Kind::SnapStorageStart | Kind::SnapStorageStop);
+    pb::Entry {
+        kind: kind as i32,
+        vm_id: if vm { id.into() } else { String::new() },
+        snapshot_id: if vm { String::new() } else { id.into() },
+        hypervisor: "ch-1".into(),
+        shape: Some(pb::Shape {
+            cpu: shape.0,
+            mem_bytes: shape.1,
+            storage_bytes: shape.2,
+        }),
+        emitted_at: Some(ts(at)),
+        ..Default::default()
+    }
 }

@@ -505,3 +505,76 @@ async fn emit_batch_with_a_json_body() {
         vec!["g-1"]
     );
 }
+
+#[tokio::test]
+async fn tail_and_usage_through_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    let addr = bin.addr.to_string();
+    let ledger = "metering.v1.LedgerService";
+    let out = grpcurl_ok(&["-plaintext", &addr, "list", ledger], None);
+    for method in [
+        "metering.v1.LedgerService.Tail",
+        "metering.v1.LedgerService.Usage",
+    ] {
+        assert!(
+            out.contains(method),
+            "`grpcurl list {ledger}` lacks {method}:\n{out}"
+        );
+    }
+    for (vm, cpu) in [("vm-a", 2), ("vm-b", 4)] {
+        let (ok, _, err) = emit(&addr, &emit_body(vm, cpu, &format!("{vm}-boot")));
+        assert!(ok, "{err}");
+    }
+
+    let out = grpcurl_ok(
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"stream": "STREAM_ENTRIES", "after": 1}"#,
+            &addr,
+            &format!("{ledger}/Tail"),
+        ],
+        None,
+    );
+    let resp = json_one(&out);
+    let records = resp["records"].as_array().expect("records");
+    assert_eq!(records.len(), 1, "{out}");
+    assert_eq!(
+        records[0]["position"], "2",
+        "uint64 is a JSON string: {out}"
+    );
+    assert_eq!(records[0]["entry"]["vmId"], "vm-b");
+    assert_eq!(resp["caughtUp"], true);
+    // `line` is bytes: base64 of the exact ledger line.
+    use base64::Engine as _;
+    let line = base64::engine::general_purpose::STANDARD
+        .decode(records[0]["line"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(line).unwrap(),
+        common::entries(dir.path())[1]
+    );
+
+    let now = OffsetDateTime::now_utc();
+    let body = json!({
+        "start_time": rfc3339(now - time::Duration::hours(1)),
+        "end_time": rfc3339(now + time::Duration::hours(1)),
+        "granularity": "GRANULARITY_HOUR",
+        "time_zone": "Europe/Berlin",
+    })
+    .to_string();
+    let out = grpcurl_ok(
+        &["-plaintext", "-d", &body, &addr, &format!("{ledger}/Usage")],
+        None,
+    );
+    let rows: Vec<Value> = json_stream(&out)
+        .into_iter()
+        .flat_map(|v| v["rows"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"vm-a") && ids.contains(&"vm-b"), "{out}");
+    assert!(rows
+        .iter()
+        .all(|r| r["family"] == "FAMILY_VM_COMPUTE" && r["open"] == true));
+}

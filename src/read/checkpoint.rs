@@ -1,0 +1,377 @@
+//! The usage checkpoint file of a sealed segment, `entries.<first>.usage`
+//! beside `entries.<first>.jsonl`. Derived data: written through a synced
+//! temporary file and a rename, checked against the segment it describes
+//! (and against the log's first retained position) before it is used, and
+//! rebuilt from the log whenever it is missing, damaged or stale. It is never
+//! a second source of truth.
+//!
+//! Layout: a fixed header ([`Meta`], with its own CRC, so a query can choose
+//! among checkpoints by reading headers only), then the body's length, the
+//! body ([`Body`]: the open intervals and the pending records) and its CRC.
+//! Integers are little-endian; strings are a u32 length and UTF-8 bytes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::path::Path;
+
+use crate::record::{Kind, Shape};
+use crate::usage::{Checkpoint, EntryRef, Family, OpenState, UnixNanos};
+
+const MAGIC: [u8; 4] = *b"MTU1";
+/// Magic, four u64, three i128, one i64, CRC.
+const HEADER_LEN: usize = 4 + 4 * 8 + 3 * 16 + 8 + 4;
+/// A checkpoint body larger than this is treated as damage, not read.
+const MAX_BODY: u64 = 1 << 32;
+
+/// What a checkpoint says about its segment and the log up to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// The log's first retained position when the checkpoint was built: it
+    /// folds the records from there, so retention makes it stale.
+    pub from: u64,
+    /// The segment it belongs to: first position, records, data bytes.
+    pub first: u64,
+    pub count: u64,
+    pub data_len: u64,
+    /// The range of `emitted_at` among the segment's own records, so that a
+    /// query can skip a segment that lies wholly after its end.
+    pub min_emitted: UnixNanos,
+    pub max_emitted: UnixNanos,
+    /// The latest receive time of any record up to the segment's end: the
+    /// checkpoint serves a query with `as_of` only at or after it.
+    pub received_max: i64,
+    /// The checkpoint's `before` (see [`crate::usage::Checkpoint`]).
+    pub before: UnixNanos,
+}
+
+/// The fold state at `before` of every record up to the segment's end, and
+/// those records with `emitted_at >= before`, which the state leaves out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Body {
+    pub state: Checkpoint,
+    /// In position order.
+    pub pending: Vec<Pending>,
+}
+
+/// A record up to the segment's end with `emitted_at` at or after the
+/// checkpoint's `before`: what the engine needs of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub position: u64,
+    pub received: i64,
+    pub kind: Kind,
+    /// The id it pairs by (`vm_id` or `snapshot_id`, after its kind).
+    pub id: String,
+    pub hypervisor: String,
+    pub shape: Shape,
+    pub emitted_at: UnixNanos,
+}
+
+// === impl Pending ===
+
+impl Pending {
+    pub fn of(position: u64, received: i64, e: EntryRef<'_>) -> Pending {
+        let (family, _) = family_of(e.kind);
+        Pending {
+            position,
+            received,
+            kind: e.kind,
+            id: e.id(family).to_owned(),
+            hypervisor: e.hypervisor.to_owned(),
+            shape: e.shape,
+            emitted_at: e.emitted_at,
+        }
+    }
+
+    /// The record as the engine takes it (the id in both id fields: the
+    /// kind decides which one is read).
+    pub fn entry(&self) -> EntryRef<'_> {
+        EntryRef {
+            kind: self.kind,
+            vm_id: &self.id,
+            snapshot_id: &self.id,
+            hypervisor: &self.hypervisor,
+            shape: self.shape,
+            emitted_at: self.emitted_at,
+        }
+    }
+}
+
+const KINDS: [Kind; 6] = [
+    Kind::VmComputeStart,
+    Kind::VmComputeStop,
+    Kind::VmStorageStart,
+    Kind::VmStorageStop,
+    Kind::SnapStorageStart,
+    Kind::SnapStorageStop,
+];
+
+fn family_of(kind: Kind) -> (Family, bool) {
+    match kind {
+        Kind::VmComputeStart => (Family::VmCompute, true),
+        Kind::VmComputeStop => (Family::VmCompute, false),
+        Kind::VmStorageStart => (Family::VmStorage, true),
+        Kind::VmStorageStop => (Family::VmStorage, false),
+        Kind::SnapStorageStart => (Family::SnapStorage, true),
+        Kind::SnapStorageStop => (Family::SnapStorage, false),
+    }
+}
+
+/// Writes a checkpoint so that a crash leaves the old file or the new one.
+/// Blocking.
+pub fn write(path: &Path, meta: &Meta, body: &Body) -> io::Result<()> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64 + body.pending.len() * 64);
+    out.extend_from_slice(&MAGIC);
+    for v in [meta.from, meta.first, meta.count, meta.data_len] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [meta.min_emitted, meta.max_emitted, meta.before] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&meta.received_max.to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+
+    let mut b = Vec::new();
+    put_u64(&mut b, body.state.open.len() as u64);
+    for ((family, id), s) in &body.state.open {
+        b.push(Family::ALL.iter().position(|f| f == family).unwrap_or(0) as u8);
+        put_str(&mut b, id);
+        b.extend_from_slice(&s.since.to_le_bytes());
+        put_shape(&mut b, &s.shape);
+        put_str(&mut b, &s.hypervisor);
+        put_u64(&mut b, s.position);
+    }
+    put_u64(&mut b, body.pending.len() as u64);
+    for p in &body.pending {
+        put_u64(&mut b, p.position);
+        b.extend_from_slice(&p.received.to_le_bytes());
+        b.push(KINDS.iter().position(|k| *k == p.kind).unwrap_or(0) as u8);
+        put_str(&mut b, &p.id);
+        put_str(&mut b, &p.hypervisor);
+        put_shape(&mut b, &p.shape);
+        b.extend_from_slice(&p.emitted_at.to_le_bytes());
+    }
+    put_u64(&mut out, b.len() as u64);
+    out.extend_from_slice(&b);
+    out.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+    crate::log::write_atomically(path, &out)
+}
+
+/// The header of a checkpoint file; `None` when it is missing or damaged.
+/// Blocking.
+pub fn read_meta(path: &Path) -> Option<Meta> {
+    let mut header = [0u8; HEADER_LEN];
+    File::open(path).ok()?.read_exact(&mut header).ok()?;
+    decode_meta(&header)
+}
+
+fn decode_meta(h: &[u8; HEADER_LEN]) -> Option<Meta> {
+    let (fields, crc) = h.split_at(HEADER_LEN - 4);
+    if fields[..4] != MAGIC || crc32fast::hash(fields).to_le_bytes() != crc {
+        return None;
+    }
+    let mut r = Cursor(&fields[4..]);
+    Some(Meta {
+        from: r.u64()?,
+        first: r.u64()?,
+        count: r.u64()?,
+        data_len: r.u64()?,
+        min_emitted: r.i128()?,
+        max_emitted: r.i128()?,
+        before: r.i128()?,
+        received_max: r.i64()?,
+    })
+}
+
+/// The whole checkpoint, if its file still holds `meta` and an intact body.
+/// Blocking.
+pub fn read_body(path: &Path, meta: &Meta) -> io::Result<Body> {
+    let damaged = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("checkpoint {}: {what}", path.display()),
+        )
+    };
+    let mut f = File::open(path)?;
+    let mut header = [0u8; HEADER_LEN];
+    f.read_exact(&mut header)?;
+    if decode_meta(&header).as_ref() != Some(meta) {
+        return Err(damaged("replaced since its header was read"));
+    }
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_BODY {
+        return Err(damaged("implausible body length"));
+    }
+    let mut b = vec![0u8; usize::try_from(len).map_err(|_| damaged("body length"))? + 4];
+    f.read_exact(&mut b)?;
+    let (body, crc) = b.split_at(b.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(damaged("body checksum mismatch"));
+    }
+    decode_body(body, meta.before).ok_or_else(|| damaged("undecodable body"))
+}
+
+fn decode_body(b: &[u8], before: UnixNanos) -> Option<Body> {
+    let mut r = Cursor(b);
+    let n = r.u64()?;
+    // Bounded by the bytes left, so a damaged count cannot reserve much.
+    let mut open = Vec::with_capacity(usize::try_from(n).ok()?.min(b.len() / 32));
+    for _ in 0..n {
+        let family = *Family::ALL.get(usize::from(r.u8()?))?;
+        let id = r.string()?;
+        let state = OpenState {
+            since: r.i128()?,
+            shape: r.shape()?,
+            hypervisor: r.string()?,
+            position: r.u64()?,
+        };
+        open.push(((family, id), state));
+    }
+    // Written in key order, so this is the bulk build of a sorted sequence,
+    // not one search per insert.
+    let open: BTreeMap<_, _> = open.into_iter().collect();
+    let n = r.u64()?;
+    // Bounded by the bytes left, so a damaged count cannot reserve much.
+    let mut pending = Vec::with_capacity(usize::try_from(n).ok()?.min(b.len() / 32));
+    for _ in 0..n {
+        pending.push(Pending {
+            position: r.u64()?,
+            received: r.i64()?,
+            kind: *KINDS.get(usize::from(r.u8()?))?,
+            id: r.string()?,
+            hypervisor: r.string()?,
+            shape: r.shape()?,
+            emitted_at: r.i128()?,
+        });
+    }
+    r.0.is_empty().then_some(Body {
+        state: Checkpoint { before, open },
+        pending,
+    })
+}
+
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    // Ids and names are bounded by the ledger's limits, far below 4 GiB.
+    b.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_shape(b: &mut Vec<u8>, s: &Shape) {
+    for v in [s.cpu, s.mem_bytes, s.storage_bytes] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Reads little-endian values off the front of a slice.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_le_bytes)
+    }
+    fn i128(&mut self) -> Option<i128> {
+        self.take().map(i128::from_le_bytes)
+    }
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(u32::from_le_bytes(self.take()?)).ok()?;
+        if len > self.0.len() {
+            return None;
+        }
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).ok()
+    }
+    fn shape(&mut self) -> Option<Shape> {
+        Some(Shape {
+            cpu: self.i64()?,
+            mem_bytes: self.i64()?,
+            storage_bytes: self.i64()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entries.00000000000000000001.usage");
+        let meta = Meta {
+            from: 1,
+            first: 1,
+            count: 3,
+            data_len: 600,
+            min_emitted: -5,
+            max_emitted: 1 << 70,
+            received_max: 42,
+            before: 1 << 69,
+        };
+        let mut open = BTreeMap::new();
+        open.insert(
+            (Family::SnapStorage, "snap-é".to_owned()),
+            OpenState {
+                since: -7,
+                shape: Shape {
+                    cpu: 0,
+                    mem_bytes: 0,
+                    storage_bytes: 1 << 40,
+                },
+                hypervisor: "ch".into(),
+                position: 2,
+            },
+        );
+        let body = Body {
+            state: Checkpoint {
+                before: meta.before,
+                open,
+            },
+            pending: vec![Pending {
+                position: 3,
+                received: 41,
+                kind: Kind::VmComputeStop,
+                id: "vm-1".into(),
+                hypervisor: String::new(),
+                shape: Shape::default(),
+                emitted_at: 1 << 69,
+            }],
+        };
+        write(&path, &meta, &body).unwrap();
+        assert_eq!(read_meta(&path), Some(meta));
+        assert_eq!(read_body(&path, &meta).unwrap(), body);
+        let other = Meta { count: 4, ..meta };
+        assert!(read_body(&path, &other).is_err());
+
+        let bytes = std::fs::read(&path).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            std::fs::write(&path, &b).unwrap();
+            let ok = read_meta(&path).is_some_and(|m| m == meta)
+                && read_body(&path, &meta).is_ok_and(|got| got == body);
+            assert!(!ok, "a flipped byte at {i} went unnoticed");
+        }
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(read_body(&path, &meta).is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Answering a usage query over the entries stream: seeded from the best
+//! checkpoint (see the module doc of `crate::read`), reading only what can
+//! change the answer, and falling back to earlier checkpoints, then to the
+//! full fold, when a late record makes a checkpoint stale.
+
+use crate::record::Invalid;
+use crate::usage::{Query, Report, SeedError, UnixNanos, Usage};
+
+use super::build::{ActiveStats, Plan};
+use super::checkpoint;
+use super::{scan, ReadError, Source};
+
+/// How a query was answered (for logs, tests and the benchmark).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// First position of the segment whose checkpoint seeded the answer;
+    /// `None` for the full fold.
+    pub checkpoint: Option<u64>,
+    /// Records read from the log (pending records of the checkpoint included).
+    pub records: u64,
+    /// Sealed segments not read because they lie wholly after the range.
+    pub skipped: usize,
+    /// Records of the active segment not read for the same reason.
+    pub skipped_active: u64,
+    /// Times a stale checkpoint made the query start again.
+    pub restarts: usize,
+}
+
+/// The answer and how it was reached.
+#[derive(Debug)]
+pub struct Answer {
+    pub report: Report,
+    pub stats: Stats,
+    /// What this query learned of the active segment, for the next one
+    /// (see [`ActiveStats`]).
+    pub active: Option<ActiveStats>,
+}
+
+/// Why a query has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The query itself breaks a rule (the field is named).
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    Read(#[from] ReadError),
+}
+
+/// Answers `query` over the records up to position `upto` (taken before
+/// `plan`, so that every segment of the plan holds records up to it).
+/// Exactly the full fold of the records from `plan.from` to `upto`.
+/// Blocking.
+pub fn answer(
+    source: &dyn Source,
+    plan: &Plan,
+    query: &Query,
+    upto: u64,
+) -> Result<Answer, AnswerError> {
+    let n = plan.segments.len();
+    // suffix_min[j]: the earliest emitted_at known in segments j.. (segments
+    // without a checkpoint count as unknown, left to the engine's check).
+    let mut suffix_min = vec![UnixNanos::MAX; n + 1];
+    for j in (0..n).rev() {
+        let own = plan.metas[j].map_or(UnixNanos::MAX, |m| m.min_emitted);
+        suffix_min[j] = suffix_min[j + 1].min(own);
+    }
+    let mut excluded = vec![false; n];
+    let mut limit = UnixNanos::MAX;
+    let mut stats = Stats::default();
+    loop {
+        let best = (0..n).rev().find(|&k| {
+            plan.metas[k].is_some_and(|m| {
+                !excluded[k]
+                    && m.before <= query.start
+                    && m.before <= limit
+                    && query
+                        .as_of
+                        .is_none_or(|a| UnixNanos::from(m.received_max) <= a)
+                    && suffix_min[k + 1] >= m.before
+            })
+        });
+        let mut usage = Usage::new(query.clone())?;
+        stats.records = 0;
+        stats.skipped = 0;
+        let mut after = plan.from - 1;
+        stats.checkpoint = None;
+        if let Some((k, meta)) = best.and_then(|k| Some((k, plan.metas[k]?))) {
+            let path = source.checkpoint_path(meta.first);
+            let body = match checkpoint::read_body(&path, &meta) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage checkpoint unreadable; using another");
+                    excluded[k] = true;
+                    continue;
+                }
+            };
+            usage.seed(body.state).map_err(inconsistent)?;
+            for p in &body.pending {
+                // Pending records are at or after `before`: never stale.
+                usage
+                    .push_ref(p.position, UnixNanos::from(p.received), p.entry())
+                    .map_err(inconsistent)?;
+            }
+            stats.records = body.pending.len() as u64;
+            stats.checkpoint = Some(meta.first);
+            after = meta.first + meta.count - 1;
+        }
+        stats.skipped_active = 0;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let extend = |a: u64, b: u64, ranges: &mut Vec<(u64, u64)>| match ranges.last_mut() {
+            Some(last) if last.1 == a => last.1 = b,
+            _ => ranges.push((a, b)),
+        };
+        let mut at = after;
+        for (j, s) in plan.segments.iter().enumerate() {
+            let seg_last = s.first + s.count - 1;
+            if seg_last <= after {
+                continue;
+            }
+            if plan.metas[j].is_some_and(|m| m.min_emitted > query.end) {
+                stats.skipped += 1;
+            } else {
+                extend(at, seg_last, &mut ranges);
+            }
+            at = seg_last;
+        }
+        let mut scanned = Ok(());
+        for (a, b) in ranges {
+            let b = b.min(upto);
+            let records = &mut stats.records;
+            scanned = scan::entries(source, a, b, |position, received, e| {
+                *records += 1;
+                usage.push_ref(position, UnixNanos::from(received), e)
+            })?;
+            if scanned.is_err() {
+                break;
+            }
+        }
+        // The active segment: skip what an earlier query saw of it when
+        // all of that lies after the range, and learn the rest.
+        let mut active = None;
+        if scanned.is_ok() && at < upto {
+            let known = plan
+                .active
+                .filter(|s| s.first == at + 1 && s.first == plan.active_first && s.upto <= upto);
+            let (mut from, mut min) = (at, UnixNanos::MAX);
+            if let Some(s) = known.filter(|s| s.min_emitted > query.end) {
+                stats.skipped_active = s.upto - at;
+                (from, min) = (s.upto, s.min_emitted);
+            }
+            let records = &mut stats.records;
+            scanned = scan::entries(source, from, upto, |position, received, e| {
+                *records += 1;
+                min = min.min(e.emitted_at);
+                usage.push_ref(position, UnixNanos::from(received), e)
+            })?;
+            active = (at + 1 == plan.active_first).then_some(ActiveStats {
+                first: at + 1,
+                upto,
+                min_emitted: min,
+            });
+        }
+        match scanned {
+            Ok(()) => {
+                return Ok(Answer {
+                    report: usage.finish(),
+                    stats,
+                    active,
+                })
+            }
+            Err(SeedError::Stale { at, position, .. }) => {
+                tracing::debug!(
+                    position,
+                    at,
+                    "late record: usage starts again from an earlier checkpoint"
+                );
+                limit = at;
+                stats.restarts += 1;
+            }
+            Err(e) => return Err(inconsistent(e).into()),
+        }
+    }
+}
+
+/// A seed error that the plan rules out; reported rather than unwrapped.
+fn inconsistent(e: SeedError) -> ReadError {
+    ReadError::Io(std::io::Error::other(format!(
+        "usage checkpoint does not fit the query: {e}"
+    )))
+}

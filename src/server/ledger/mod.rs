@@ -1,0 +1,92 @@
+//! `metering.v1.LedgerService`: `Tail` and `Usage` over the ledger that the
+//! jsonl sink writes. Reads run on blocking threads (file I/O, decoding, the
+//! usage engine never run on async workers) and hand their responses over
+//! bounded channels, so a slow client holds a fixed amount of memory and
+//! never slows the writers, which do not know readers exist.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{count_rpc, Shared};
+use crate::ledger::Ledger;
+use crate::pb::ledger_service_server::LedgerService;
+use crate::pb::{TailRequest, UsageRequest};
+use crate::read::build::Checkpoints;
+
+mod tail;
+mod usage;
+
+/// The `LedgerService` implementation. `ledger` is `None` when no sink
+/// keeps a ledger (a forwarding-only sidecar): every call then fails.
+#[derive(Clone)]
+pub struct Reader {
+    shared: Arc<Shared>,
+    ledger: Option<Arc<Ledger>>,
+    checkpoints: Arc<Checkpoints>,
+    /// Cancelled at shutdown: following `Tail` calls end instead of holding
+    /// the server open until the grace period runs out.
+    stop: CancellationToken,
+}
+
+impl Reader {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        ledger: Option<Arc<Ledger>>,
+        stop: CancellationToken,
+    ) -> Reader {
+        let checkpoints = Arc::new(Checkpoints::new());
+        if let Some(ledger) = &ledger {
+            usage::spawn_checkpointer(ledger.clone(), checkpoints.clone(), stop.clone());
+        }
+        Reader {
+            shared,
+            ledger,
+            checkpoints,
+            stop,
+        }
+    }
+
+    fn ledger(&self) -> Result<Arc<Ledger>, Status> {
+        self.ledger.clone().ok_or_else(super::status::no_ledger)
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerService for Reader {
+    type TailStream = tail::ResponseStream;
+
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let started = self.ledger().and_then(|ledger| {
+            let admission = self.shared.admit()?;
+            tail::tail(ledger, request.into_inner(), admission, self.stop.clone())
+        });
+        started
+            .map(Response::new)
+            .inspect_err(|s| count_rpc("Tail", s.code()))
+    }
+
+    type UsageStream = usage::ResponseStream;
+
+    async fn usage(
+        &self,
+        request: Request<UsageRequest>,
+    ) -> Result<Response<Self::UsageStream>, Status> {
+        let started = self.ledger().and_then(|ledger| {
+            let admission = self.shared.admit()?;
+            usage::usage(
+                ledger,
+                self.checkpoints.clone(),
+                request.into_inner(),
+                admission,
+            )
+        });
+        started
+            .map(Response::new)
+            .inspect_err(|s| count_rpc("Usage", s.code()))
+    }
+}
