@@ -98,9 +98,26 @@ def count_lines_from(path, offset):
             n += chunk.count(b"\n")
 
 
+def stream_files(ledger_dir, stream):
+    """A stream's files in log order: sealed segments (stream.<position>.jsonl,
+    as meterd names them), then the active stream.jsonl."""
+    names = sorted(n for n in os.listdir(ledger_dir)
+                   if n.startswith(stream + ".") and n.endswith(".jsonl") and n != stream + ".jsonl")
+    return [os.path.join(ledger_dir, n) for n in names + [stream + ".jsonl"]
+            if os.path.exists(os.path.join(ledger_dir, n))]
+
+
+def stream_lines(ledger_dir, stream):
+    return sum(count_lines_from(p, 0) for p in stream_files(ledger_dir, stream))
+
+
 def settled_size(path, quiet=0.5, limit=10.0):
-    """The file's size once it has not changed for `quiet` seconds."""
-    size = lambda: os.path.getsize(path) if os.path.exists(path) else 0
+    """The size of a file, or of all of a ledger stream's files (a
+    (dir, stream) pair), once it has not changed for `quiet` seconds."""
+    if isinstance(path, tuple):
+        size = lambda: sum(os.path.getsize(p) for p in stream_files(*path))
+    else:
+        size = lambda: os.path.getsize(path) if os.path.exists(path) else 0
     last, since, start = size(), time.monotonic(), time.monotonic()
     while time.monotonic() - since < quiet and time.monotonic() - start < limit:
         time.sleep(0.05)
@@ -118,7 +135,8 @@ def main():
     ap.add_argument("--concurrency", type=int, required=True)
     ap.add_argument("--duration", type=float, required=True, help="seconds (approximate)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up used to size -n")
-    ap.add_argument("--ledger", help="JSONL file whose new lines are counted")
+    ap.add_argument("--ledger-dir", help="ledger directory whose new lines of --stream are counted")
+    ap.add_argument("--stream", default="entries")
     ap.add_argument("--log", help="keep h2load's per-request log here")
     a = ap.parse_args()
 
@@ -134,7 +152,9 @@ def main():
     # The warm-up (-D) ends with up to C calls cut off in flight; meterd still
     # finishes (and writes) them after h2load is gone, so wait for the ledger to
     # settle before taking the starting point of the count.
-    before = settled_size(a.ledger) if a.ledger else 0
+    if a.ledger_dir:
+        settled_size((a.ledger_dir, a.stream))
+        before = stream_lines(a.ledger_dir, a.stream)
     log = a.log or tempfile.mktemp(prefix="h2load-", suffix=".log")
     run = h2load(url, a.data, clients, streams, ["-n", str(n)], log=log)
     run.update(percentiles(log))
@@ -150,8 +170,9 @@ def main():
             "warmup_succeeded": warm["succeeded"],
         }
     )
-    if a.ledger:
-        run["ledger_new_lines"] = count_lines_from(a.ledger, before)
+    if a.ledger_dir:
+        settled_size((a.ledger_dir, a.stream))
+        run["ledger_new_lines"] = stream_lines(a.ledger_dir, a.stream) - before
     print(json.dumps(run))
 
 

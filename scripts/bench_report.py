@@ -65,7 +65,7 @@ def emit_points(raw):
     runs, with "drift" the relative difference between them."""
     pts, checks = {}, {}
     for r in rows(raw, "emit"):
-        key = (r["fsync"], r["concurrency"])
+        key = (r.get("server", "meterd"), r["fsync"], r["concurrency"])
         pts.setdefault(key, {})
         if r["rpc"] == "Check":
             checks.setdefault(key, []).append(r)
@@ -85,14 +85,14 @@ def emit_points(raw):
 
 def table_emit(raw):
     body = []
-    for (fsync, c), p in emit_points(raw).items():
+    for (server, fsync, c), p in emit_points(raw).items():
         e, k = p.get("Emit", {}), p.get("Check", {})
         ratio = e.get("req_per_s", 0) / k["req_per_s"] if k.get("req_per_s") else None
         ok, lines = e.get("succeeded"), e.get("ledger_new_lines")
         match = "yes" if ok == lines and not e.get("errored") else "**NO**"
         drift = f"{100 * k['drift']:.0f}%" if "drift" in k else "?"
         body.append([
-            fsync, c,
+            server, fsync, c,
             f0(k.get("req_per_s")), drift, f"{f2(k.get('p50_ms'))} / {f2(k.get('p99_ms'))}",
             f0(e.get("req_per_s")), f"{f2(e.get('p50_ms'))} / {f2(e.get('p99_ms'))}",
             f2(ratio), f"{f0(e.get('cpu_us_per_req'))} / {f0(k.get('cpu_us_per_req'))}",
@@ -101,10 +101,10 @@ def table_emit(raw):
         ])
     return (
         "### Unary Emit vs Health/Check (h2load, same server, same run)\n\n"
-        + md(["fsync", "concurrent calls", "Check req/s", "Check drift", "Check p50 / p99 ms",
+        + md(["server", "fsync", "concurrent calls", "Check req/s", "Check drift", "Check p50 / p99 ms",
               "Emit req/s", "Emit p50 / p99 ms", "Emit/Check",
-              "meterd CPU us/req Emit / Check",
-              "h2load succeeded (Emit)", "ledger lines added", "equal", "meterd peak RSS MiB"], body)
+              "CPU us/req Emit / Check",
+              "h2load succeeded (Emit)", "ledger lines added", "equal", "peak RSS MiB"], body)
         + "\n\nCheck is run before and after Emit; its figures are the mean of both runs and"
         " \"Check drift\" is how much the two differed (the machine's noise during the point)."
         " Emit/Check uses that mean. Targets at 64 concurrent calls: Emit/Check >= 0.9 with"
@@ -117,7 +117,8 @@ def table_batch(raw):
     for r in rows(raw, "batch"):
         match = "yes" if r.get("batches_acked") == r.get("ledger_lines") else "**NO**"
         body.append([
-            r["fsync"], f"{r['streams']} x {r['depth']} x {r['batches_per_request']} x {r['metrics_per_batch']}",
+            r.get("server", "meterd"), r["fsync"],
+            f"{r['streams']} x {r['depth']} x {r['batches_per_request']} x {r['metrics_per_batch']}",
             f0(r.get("metrics_per_s")), f0(r.get("calls_per_s")),
             f"{f2(r.get('p50_ms'))} / {f2(r.get('p99_ms'))}",
             f1(r.get("ledger_mb_s")), f1(r.get("dd_mb_s")), f2(r.get("disk_ratio")),
@@ -125,9 +126,9 @@ def table_batch(raw):
         ])
     return (
         "### SubmitBatch streaming ingest (load batch) vs sequential write bandwidth (dd conv=fdatasync)\n\n"
-        + md(["fsync", "streams x depth x batches x metrics", "metrics/s", "requests/s",
+        + md(["server", "fsync", "streams x depth x batches x metrics", "metrics/s", "requests/s",
               "request p50 / p99 ms", "ledger MB/s", "dd MB/s (same bytes)", "ledger/dd",
-              "batches acked", "ledger lines", "equal", "meterd peak RSS MiB"], body)
+              "batches acked", "ledger lines", "equal", "peak RSS MiB"], body)
     )
 
 
@@ -135,23 +136,64 @@ def table_footprint(raw):
     body = []
     for r in rows(raw, "footprint"):
         body.append([
-            r["fsync"], f1(r.get("startup_ms")), mib(r.get("idle_rss_kib")),
+            r.get("server", "meterd"), r["fsync"], f1(r.get("startup_ms")), mib(r.get("idle_rss_kib")),
             mib(r.get("emit_hwm_kib")), mib(r.get("after_emit_rss_kib")),
             mib(r.get("batch_hwm_kib")), mib(r.get("after_batch_rss_kib")),
         ])
     text = (
         "### Footprint (resident memory from /proc/PID/status, MiB)\n\n"
-        + md(["fsync", "startup to first SERVING ms", "idle VmRSS",
+        + md(["server", "fsync", "startup to first SERVING ms", "idle VmRSS",
               "peak VmHWM under Emit x256", "VmRSS after", "peak VmHWM under SubmitBatch",
               "VmRSS after"], body)
     )
-    peaks = [(r["fsync"], f"h2load {r['rpc']} x{r['concurrency']}", r.get("hwm_kib"))
+    peaks = [(r.get("server", "meterd"), r["fsync"], f"h2load {r['rpc']} x{r['concurrency']}", r.get("hwm_kib"))
              for r in rows(raw, "emit")]
-    peaks += [(r["fsync"], "SubmitBatch", r.get("hwm_kib")) for r in rows(raw, "batch")]
+    peaks += [(r.get("server", "meterd"), r["fsync"], "SubmitBatch", r.get("hwm_kib")) for r in rows(raw, "batch")]
     if peaks:
         text += "\n\nPeak VmHWM per benchmark point (reset with `echo 5 > /proc/PID/clear_refs` before each):\n\n"
-        text += md(["fsync", "point", "VmHWM MiB"], [[a, b, mib(c)] for a, b, c in peaks])
+        text += md(["server", "fsync", "point", "VmHWM MiB"], [[s, a, b, mib(c)] for s, a, b, c in peaks])
     return text
+
+
+def table_peer(raw):
+    """meterd against the Go peer, point by point, from the same run."""
+    pts = emit_points(raw)
+    body = []
+    for (server, fsync, c), p in pts.items():
+        if server != "meterd" or ("peer", fsync, c) not in pts:
+            continue
+        m, g = p.get("Emit", {}), pts[("peer", fsync, c)].get("Emit", {})
+        mk, gk = p.get("Check", {}), pts[("peer", fsync, c)].get("Check", {})
+        ratio = m.get("req_per_s", 0) / g["req_per_s"] if g.get("req_per_s") else None
+        kratio = mk.get("req_per_s", 0) / gk["req_per_s"] if gk.get("req_per_s") else None
+        mem = max(m.get("hwm_kib", 0), mk.get("hwm_kib", 0))
+        gmem = max(g.get("hwm_kib", 0), gk.get("hwm_kib", 0))
+        body.append([f"Emit x{c}", fsync, f0(m.get("req_per_s")), f0(g.get("req_per_s")), f2(ratio),
+                     f"{f0(mk.get('req_per_s'))} / {f0(gk.get('req_per_s'))} ({f2(kratio)})",
+                     mib(mem), mib(gmem), f2(mem / gmem if gmem else None)])
+    batch = {(r.get("server", "meterd"), r["fsync"]): r for r in rows(raw, "batch")}
+    for (server, fsync), r in batch.items():
+        g = batch.get(("peer", fsync))
+        if server != "meterd" or not g:
+            continue
+        ratio = r.get("metrics_per_s", 0) / g["metrics_per_s"] if g.get("metrics_per_s") else None
+        body.append(["SubmitBatch", fsync, f0(r.get("metrics_per_s")), f0(g.get("metrics_per_s")),
+                     f2(ratio), "", mib(r.get("hwm_kib")), mib(g.get("hwm_kib")),
+                     f2(r.get("hwm_kib", 0) / g["hwm_kib"] if g.get("hwm_kib") else None)])
+    foot = {r.get("server", "meterd"): r for r in rows(raw, "footprint")}
+    if "meterd" in foot and "peer" in foot:
+        m, g = foot["meterd"], foot["peer"]
+        body.append(["idle", m["fsync"], "", "", "", "", mib(m.get("idle_rss_kib")),
+                     mib(g.get("idle_rss_kib")),
+                     f2(m.get("idle_rss_kib", 0) / g["idle_rss_kib"] if g.get("idle_rss_kib") else None)])
+    if not body:
+        return "(no peer data)"
+    return (
+        "### meterd against the Go peer (same run, same load; req/s and metrics/s)\n\n"
+        + md(["point", "fsync", "meterd", "peer", "meterd / peer",
+              "Check meterd / peer (ratio)", "meterd peak RSS MiB", "peer peak RSS MiB",
+              "RSS meterd / peer"], body)
+    )
 
 
 def table_scaling(raw):
@@ -159,7 +201,9 @@ def table_scaling(raw):
     pts = emit_points(raw)
     if pts:
         body = []
-        for (fsync, c), p in pts.items():
+        for (server, fsync, c), p in pts.items():
+            if server != "meterd":
+                continue
             e, k = p.get("Emit", {}), p.get("Check", {})
             body.append([fsync, c, f0(e.get("req_per_s")), f2(e.get("p99_ms")),
                          f0(k.get("req_per_s")), mib(e.get("hwm_kib"))])
@@ -244,7 +288,7 @@ def main():
             f.write(json.dumps(row) + "\n")
     elif cmd == "table":
         print({"emit": table_emit, "batch": table_batch, "footprint": table_footprint,
-               "scaling": table_scaling, "chain": table_chain}[sys.argv[3]](raw))
+               "scaling": table_scaling, "chain": table_chain, "peer": table_peer}[sys.argv[3]](raw))
     elif cmd == "plot":
         plot(raw, sys.argv[3])
     else:

@@ -129,7 +129,7 @@ pub(super) fn open_active(
     Ok(Active {
         first,
         data: std::sync::Arc::new(data),
-        times,
+        times: std::sync::Arc::new(times),
         count,
         len,
         times_len,

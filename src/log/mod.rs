@@ -38,6 +38,7 @@ mod reader;
 mod seal;
 mod segment;
 mod snapshot;
+mod syncer;
 #[doc(hidden)]
 pub mod testing;
 mod times;

@@ -31,7 +31,8 @@ pub(crate) struct Active {
     pub first: u64,
     /// Shared with readers, who read it by offset.
     pub data: std::sync::Arc<File>,
-    pub times: File,
+    /// Shared with the sync helper thread.
+    pub times: std::sync::Arc<File>,
     pub count: u64,
     pub len: u64,
     pub times_len: u64,

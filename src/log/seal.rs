@@ -121,7 +121,7 @@ impl Writer {
         st.active = Active {
             first: next,
             data,
-            times,
+            times: Arc::new(times),
             count: 0,
             len: 0,
             times_len: times::RECORD as u64,

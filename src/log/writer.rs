@@ -49,6 +49,9 @@ pub(crate) struct Writer {
     last_received: i64,
     /// Logged once per change, not once per call.
     pub(super) retention_blocked: bool,
+    /// Syncs the receive-time file beside the data file's sync (policy
+    /// `always`; elsewhere syncs are rare and need no second thread).
+    syncer: Option<super::syncer::Syncer>,
 }
 
 pub(super) struct State {
@@ -70,7 +73,11 @@ impl Writer {
             buf: Vec::with_capacity(64 * 1024),
             last_received: 0,
             retention_blocked: false,
+            syncer: None,
         };
+        if w.config.fsync == Fsync::Always {
+            w.syncer = super::syncer::Syncer::start(w.config.stream).ok();
+        }
         w.install(opened);
         w
     }
@@ -414,7 +421,7 @@ impl Writer {
         (&*st.active.data)
             .write_all(&self.buf)
             .map_err(|e| annotate(e, "write", &names.active_data()))?;
-        (&st.active.times)
+        (&*st.active.times)
             .write_all(&times::commit(&commit))
             .map_err(|e| annotate(e, "write", &names.active_times()))?;
         self.dirty = true;
@@ -469,14 +476,12 @@ impl Writer {
         if let Some(st) = &self.state {
             let started = std::time::Instant::now();
             let names = &self.shared.names;
-            st.active
-                .data
-                .sync_data()
-                .map_err(|e| annotate(e, "sync", &names.active_data()))?;
-            st.active
-                .times
-                .sync_data()
-                .map_err(|e| annotate(e, "sync", &names.active_times()))?;
+            let (data, times) = match &self.syncer {
+                Some(s) => s.sync_both(&st.active.data, &st.active.times),
+                None => (st.active.data.sync_data(), st.active.times.sync_data()),
+            };
+            data.map_err(|e| annotate(e, "sync", &names.active_data()))?;
+            times.map_err(|e| annotate(e, "sync", &names.active_times()))?;
             crate::metrics::metrics()
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
