@@ -28,7 +28,7 @@
 //! The toolchains are installed by scripts/test; a missing one fails the test.
 
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use meterd::pb::{Family, Granularity, UsageRequest, UsageRow};
@@ -280,6 +280,13 @@ pub async fn check_summary(summary: &Value, bin: &Binary, want: Expected) {
     assert_eq!(summary["anomalies"], json!([]), "{summary}");
 }
 
+/// `tests/node` and `tests/go`.
+fn tests_dir(lang: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(lang)
+}
+
 /// A server listening on TCP and on a Unix socket, and the socket's target
 /// (`unix:/path`) as stock clients take it.
 pub async fn start_with_socket(ledger: &Path, run: &Path) -> (Binary, String) {
@@ -289,4 +296,44 @@ pub async fn start_with_socket(ledger: &Path, run: &Path) -> (Binary, String) {
     let bin = Binary::start(ledger, &["--listen", &target]).await;
     assert!(sock.exists(), "no socket at {}", sock.display());
     (bin, target)
+}
+
+/// Node: `node tests/node/client.js TARGET`, with the packages `npm ci`
+/// installed in tests/node (scripts/test does).
+async fn node(bin: &Binary, target: &str) {
+    let node = tests_dir("node");
+    assert!(
+        node.join("node_modules/@grpc/grpc-js").is_dir()
+            && node.join("node_modules/@grpc/proto-loader").is_dir(),
+        "{}/node_modules lacks @grpc/grpc-js or @grpc/proto-loader: run `npm ci` there \
+         (scripts/test does)",
+        node.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(node.join("client.js")).arg(target);
+    let summary = run_client(
+        cmd,
+        "`node` is not on PATH; this test needs Node.js and npm (scripts/test installs them)",
+    );
+    let want = Expected {
+        prefix: "node",
+        batches: 3,
+        rejected_batches: 2,
+    };
+    check_summary(&summary, bin, want).await;
+}
+
+#[tokio::test]
+async fn node_grpc_js_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    node(&bin, &bin.addr.to_string()).await;
+}
+
+/// grpc-js on the sidecar's Unix socket, `unix:/path` as it is.
+#[tokio::test]
+async fn node_grpc_js_client_over_a_unix_socket() {
+    let (dir, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (bin, target) = start_with_socket(dir.path(), run.path()).await;
+    node(&bin, &target).await;
 }
