@@ -30,6 +30,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use meterd::pb::{Family, Granularity, UsageRequest, UsageRow};
 use meterd::record::timestamp_to_time;
@@ -336,4 +337,57 @@ async fn node_grpc_js_client_over_a_unix_socket() {
     let (dir, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (bin, target) = start_with_socket(dir.path(), run.path()).await;
     node(&bin, &target).await;
+}
+
+/// The Go client, built once per test run by tests/go/build (stubs from
+/// proto/ with protoc, grpc-go from Debian's packages, GOPATH mode), with
+/// Go's build cache in the target directory.
+fn go_client() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out = tmp.join("meterd-go-client");
+        let build = tests_dir("go").join("build");
+        let status = Command::new(&build)
+            .arg(&out)
+            .env("GOCACHE", tmp.join("go-build"))
+            .status()
+            .unwrap_or_else(|e| panic!("could not run {}: {e}", build.display()));
+        assert!(
+            status.success(),
+            "{} failed ({status}); it needs golang-go protobuf-compiler protoc-gen-go \
+             protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev \
+             golang-github-golang-protobuf-1-5-dev (scripts/test installs them)",
+            build.display()
+        );
+        out
+    })
+}
+
+/// Go: the client built from tests/go/client.go, run as `CLIENT TARGET`.
+async fn go(bin: &Binary, target: &str) {
+    let mut cmd = Command::new(go_client());
+    cmd.arg(target);
+    let summary = run_client(cmd, "the Go client was built but cannot be run");
+    let want = Expected {
+        prefix: "go",
+        batches: 3,
+        rejected_batches: 2,
+    };
+    check_summary(&summary, bin, want).await;
+}
+
+#[tokio::test]
+async fn go_grpc_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    go(&bin, &bin.addr.to_string()).await;
+}
+
+/// grpc-go on the sidecar's Unix socket, `unix:/path` as it is.
+#[tokio::test]
+async fn go_grpc_client_over_a_unix_socket() {
+    let (dir, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (bin, target) = start_with_socket(dir.path(), run.path()).await;
+    go(&bin, &target).await;
 }
