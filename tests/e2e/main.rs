@@ -16,6 +16,7 @@ mod ledger;
 mod nats;
 mod ops;
 mod passthrough;
+mod polyglot;
 mod python;
 mod readers;
 mod security;

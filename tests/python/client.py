@@ -5,12 +5,21 @@ Usage: client.py ADDR TMPDIR
 
 ADDR is any target grpcio takes, e.g. 127.0.0.1:50051 or unix:/run/meterd.sock;
 the channel is made with no options, so grpcio sends its default :authority
-(for a Unix socket, the %-encoded socket path).
+(for a Unix socket, the %-encoded socket path). TMPDIR receives the stubs.
 
-Checks health, calls Emit (a good entry and a bad one) and streams SubmitBatch
-with three requests, each holding good batches and one bad batch, asserting
-every answer. On success prints a JSON summary on stdout and exits 0; on any
-failure prints an explanation on stderr and exits non-zero.
+Needs `python3 -m pip install grpcio grpcio-tools`. Against a fresh ledger it:
+
+  * checks health;
+  * Emit: records a VM boot, sends it again (a duplicate) and sends a bad entry;
+  * EmitBatch: the VM's stop, a bad entry and a snapshot's start in one call;
+  * SubmitBatch: streams three requests, each holding good batches and a bad one;
+  * Tail: reads the entries stream from the start, then resumes after the
+    first position;
+  * Usage: asks for one UTC day in day buckets and checks the rows exactly;
+
+asserting every answer. It is the same scenario as tests/node/client.js and
+tests/go/client.go. On success prints a JSON summary on stdout and exits 0;
+on any failure prints an explanation on stderr and exits non-zero.
 """
 
 import json
@@ -21,6 +30,12 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTO = os.path.join(REPO, "proto")
+
+GIB = 1 << 30
+# The day the lifecycle entries happen on. Any past day works: meterd takes
+# entries emitted long ago (only the future is limited, by --max-clock-skew).
+DAY = "2025-03-03"
+NEXT_DAY = "2025-03-04"
 
 
 class Failure(Exception):
@@ -33,12 +48,14 @@ def check(cond, what):
 
 
 def generate_stubs(out_dir):
+    """Compiles proto/ into out_dir (metering_pb2, ledger_pb2 and their _grpc)."""
     cmd = [
         sys.executable, "-m", "grpc_tools.protoc",
         "-I", PROTO,
         "--python_out=" + out_dir,
         "--grpc_python_out=" + out_dir,
         "metering/v1/metering.proto",
+        "metering/v1/ledger.proto",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -47,6 +64,7 @@ def generate_stubs(out_dir):
 
 
 def ts(seconds_ago=60):
+    """A Timestamp `seconds_ago` before now (negative: in the future)."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
     t = Timestamp()
@@ -54,14 +72,31 @@ def ts(seconds_ago=60):
     return t
 
 
+def at(rfc3339):
+    """A Timestamp from an RFC 3339 string, e.g. "2025-03-03T08:00:00Z"."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.FromJsonString(rfc3339)
+    return t
+
+
 def run(addr, tmp):
     import grpc
 
     generate_stubs(tmp)
+    from metering.v1 import ledger_pb2 as lpb
+    from metering.v1 import ledger_pb2_grpc as lpb_grpc
     from metering.v1 import metering_pb2 as pb
     from metering.v1 import metering_pb2_grpc as pb_grpc
 
-    summary = {"entries": [], "batches": [], "rejected": []}
+    summary = {
+        "entries": [],           # entries recorded (written once each)
+        "duplicates": [],        # ids acknowledged again, not written again
+        "rejected_entries": [],  # entries refused, with the reason
+        "batches": [],           # batches acknowledged
+        "rejected": [],          # batches refused
+    }
     with grpc.insecure_channel(addr) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
 
@@ -74,34 +109,52 @@ def run(addr, tmp):
         summary["health"] = "SERVING"
 
         stub = pb_grpc.MeteringServiceStub(channel)
+        ledger = lpb_grpc.LedgerServiceStub(channel)
 
-        # --- Emit: a good entry.
-        emitted_at = ts(60)
-        entry = pb.Entry(
+        # The ledger's names of the kinds this client records.
+        KIND_NAMES = {
+            pb.KIND_VM_COMPUTE_START: "vm.compute.start",
+            pb.KIND_VM_COMPUTE_STOP: "vm.compute.stop",
+            pb.KIND_SNAP_STORAGE_START: "snap.storage.start",
+        }
+
+        def recorded(entry, emitted_at):
+            """Notes an entry the server recorded, for the summary."""
+            item = {"id": entry.id, "kind": KIND_NAMES[entry.kind], "emitted_at": emitted_at.ToJsonString()}
+            if entry.vm_id:
+                item["vm_id"] = entry.vm_id
+            if entry.snapshot_id:
+                item["snapshot_id"] = entry.snapshot_id
+            summary["entries"].append(item)
+
+        # --- Emit: a VM boots. Setting emitted_at and id makes a retry safe:
+        # the server records the entry once and answers duplicate after that.
+        boot = pb.Entry(
             kind=pb.KIND_VM_COMPUTE_START,
             vm_id="py-vm-1",
             reason=pb.REASON_BOOT,
             hypervisor="cloud-hypervisor",
-            shape=pb.Shape(cpu=2, mem_bytes=1 << 30),
-            emitted_at=emitted_at,
-            id="py-entry-1",
+            shape=pb.Shape(cpu=2, mem_bytes=GIB),
+            emitted_at=at(DAY + "T08:00:00Z"),
+            id="py-vm-1-boot",
         )
-        resp = stub.Emit(pb.EmitRequest(entry=entry), timeout=10)
+        resp = stub.Emit(pb.EmitRequest(entry=boot), timeout=10)
         check(not resp.duplicate, "first Emit reported duplicate: %r" % resp)
-        check(resp.HasField("emitted_at"), "EmitResponse has no emitted_at: %r" % resp)
         check(
-            resp.emitted_at == emitted_at,
+            resp.emitted_at == boot.emitted_at,
             "EmitResponse.emitted_at %s != sent %s"
-            % (resp.emitted_at.ToJsonString(), emitted_at.ToJsonString()),
+            % (resp.emitted_at.ToJsonString(), boot.emitted_at.ToJsonString()),
         )
-        summary["entries"].append({
-            "id": entry.id,
-            "kind": "vm.compute.start",
-            "vm_id": entry.vm_id,
-            "emitted_at": resp.emitted_at.ToJsonString(),
-        })
+        recorded(boot, resp.emitted_at)
 
-        # --- Emit: a bad entry (VM kind without vm_id).
+        # --- Emit the same entry again, as a client retrying after a lost
+        # answer would: acknowledged as a duplicate, not written twice.
+        resp = stub.Emit(pb.EmitRequest(entry=boot), timeout=10)
+        check(resp.duplicate, "second Emit of %s: want duplicate, got %r" % (boot.id, resp))
+        summary["duplicates"].append(boot.id)
+
+        # --- Emit: a bad entry (a VM kind without vm_id) gets INVALID_ARGUMENT
+        # naming the field, and nothing is written.
         bad = pb.Entry(kind=pb.KIND_VM_STORAGE_STOP, shape=pb.Shape(storage_bytes=10), id="py-bad-1")
         try:
             resp = stub.Emit(pb.EmitRequest(entry=bad), timeout=10)
@@ -110,10 +163,52 @@ def run(addr, tmp):
                 e.code() == grpc.StatusCode.INVALID_ARGUMENT,
                 "bad Emit: want INVALID_ARGUMENT, got %s: %s" % (e.code(), e.details()),
             )
-            check("vm_id" in (e.details() or ""), "bad Emit: details do not name vm_id: %r" % e.details())
-            summary["bad_emit"] = {"code": e.code().name, "details": e.details()}
+            check(
+                (e.details() or "").startswith("entry.vm_id: "),
+                "bad Emit: details do not name entry.vm_id: %r" % e.details(),
+            )
+            summary["rejected_entries"].append({"id": bad.id, "reason": e.details()})
         else:
             raise Failure("bad Emit succeeded: %r" % resp)
+
+        # --- EmitBatch: many entries in one call, one result each, in order.
+        # The VM stops 2 h 30 min 0.25 s after it booted (the stop carries
+        # the shape that ran); the middle entry has no vm_id and is refused
+        # on its own; a snapshot's storage starts and is never stopped.
+        stop = pb.Entry(
+            kind=pb.KIND_VM_COMPUTE_STOP,
+            vm_id="py-vm-1",
+            reason=pb.REASON_STOP_USER,
+            hypervisor="cloud-hypervisor",
+            shape=pb.Shape(cpu=2, mem_bytes=GIB),
+            emitted_at=at(DAY + "T10:30:00.250Z"),
+            id="py-vm-1-stop",
+        )
+        no_vm = pb.Entry(kind=pb.KIND_VM_STORAGE_START, shape=pb.Shape(storage_bytes=GIB), id="py-bad-2")
+        snap = pb.Entry(
+            kind=pb.KIND_SNAP_STORAGE_START,
+            snapshot_id="py-snap-1",
+            hypervisor="cloud-hypervisor",
+            shape=pb.Shape(storage_bytes=10 * GIB),
+            emitted_at=at(DAY + "T09:00:00Z"),
+            id="py-snap-1-start",
+        )
+        sent = [stop, no_vm, snap]
+        results = stub.EmitBatch(pb.EmitBatchRequest(entries=sent), timeout=10).results
+        check(len(results) == len(sent), "EmitBatch: %d results for %d entries" % (len(results), len(sent)))
+        for i, (entry, result) in enumerate(zip(sent, results)):
+            if entry is no_vm:
+                check(
+                    result.rejected.startswith("entries[%d].vm_id: " % i),
+                    "EmitBatch result %d: want rejected naming entries[%d].vm_id, got %r" % (i, i, result),
+                )
+                check(not result.HasField("emitted_at"), "EmitBatch result %d: rejected with a time: %r" % (i, result))
+                summary["rejected_entries"].append({"id": entry.id, "reason": result.rejected})
+                continue
+            check(result.rejected == "", "EmitBatch result %d rejected: %s" % (i, result.rejected))
+            check(not result.duplicate, "EmitBatch result %d: duplicate" % i)
+            check(result.emitted_at == entry.emitted_at, "EmitBatch result %d: emitted_at %s" % (i, result.emitted_at))
+            recorded(entry, result.emitted_at)
 
         # --- SubmitBatch: three pipelined requests, each with good batches
         # and one bad one.
@@ -196,6 +291,95 @@ def run(addr, tmp):
             for model in sorted(got_acks):
                 for uuid in got_acks[model]:
                     summary["batches"].append({"uuid": uuid, "model_uuid": model})
+
+        # --- Tail: the entries stream from the start (after = 0), without
+        # follow, so the call ends once it has sent what is durable. Every
+        # recorded entry comes back once, in the order it was written, at
+        # positions 1, 2, 3...
+        def tail(after):
+            records, last = [], None
+            for resp in ledger.Tail(lpb.TailRequest(stream=lpb.STREAM_ENTRIES, after=after), timeout=10):
+                records.extend(resp.records)
+                last = resp
+            check(last is not None, "Tail after %d: no response" % after)
+            check(last.caught_up, "Tail after %d: the last response is not caught_up: %r" % (after, last))
+            return records, last.position
+
+        want_ids = [e["id"] for e in summary["entries"]]
+        records, end = tail(0)
+        got_ids = [r.entry.id for r in records]
+        check(got_ids == want_ids, "Tail from 0: ids %r, want %r" % (got_ids, want_ids))
+        check(
+            [r.position for r in records] == list(range(1, len(want_ids) + 1)),
+            "Tail from 0: positions %r" % [r.position for r in records],
+        )
+        check(end == len(want_ids), "Tail from 0: ends at position %d, want %d" % (end, len(want_ids)))
+        for r, want in zip(records, summary["entries"]):
+            check(r.WhichOneof("record") == "entry", "Tail position %d: not an entry" % r.position)
+            check(r.entry.emitted_at.ToJsonString() == want["emitted_at"], "Tail position %d: %r" % (r.position, r.entry))
+            check(r.HasField("received_at"), "Tail position %d: no received_at" % r.position)
+            line = json.loads(r.line)  # the exact ledger line, as Go tooling reads it
+            check(line["id"] == want["id"] and line["kind"] == want["kind"], "Tail position %d: line %s" % (r.position, r.line))
+        summary["tail"] = [{"position": r.position, "id": r.entry.id, "line": r.line.decode()} for r in records]
+
+        # A reader that stopped after the first record resumes from its
+        # position: no gap, no duplicate.
+        after = records[0].position
+        resumed, _ = tail(after)
+        check(
+            [r.position for r in resumed] == [r.position for r in records[1:]],
+            "Tail after %d: positions %r" % (after, [r.position for r in resumed]),
+        )
+        summary["tail_resumed"] = {"after": after, "positions": [r.position for r in resumed]}
+
+        # --- Usage: one UTC day in day buckets. Exact decimal strings, never
+        # floats: the VM ran 2 h 30 min 0.25 s with 2 vCPUs and 1 GiB; the
+        # snapshot (10 GiB) from 09:00 to the end of the day, still open.
+        request = lpb.UsageRequest(
+            start_time=at(DAY + "T00:00:00Z"),
+            end_time=at(NEXT_DAY + "T00:00:00Z"),
+            granularity=lpb.GRANULARITY_DAY,
+            time_zone="UTC",
+        )
+        rows, anomalies = [], []
+        for resp in ledger.Usage(request, timeout=10):
+            rows.extend(resp.rows)
+            anomalies.extend(resp.anomalies)
+        want_rows = [
+            # (family, id, running_nanos, vcpu_seconds, mem_byte_seconds, storage_byte_seconds, open)
+            (lpb.FAMILY_VM_COMPUTE, "py-vm-1", 9_000_250_000_000, "18000.5", "9663944851456", "0", False),
+            (lpb.FAMILY_SNAP_STORAGE, "py-snap-1", 54_000_000_000_000, "0", "0", "579820584960000", True),
+        ]
+        got_rows = [
+            (r.family, r.id, r.running_nanos, r.vcpu_seconds, r.mem_byte_seconds, r.storage_byte_seconds, r.open)
+            for r in rows
+        ]
+        check(got_rows == want_rows, "Usage rows %r, want %r" % (got_rows, want_rows))
+        for r in rows:
+            check(
+                r.bucket_start == request.start_time and r.bucket_end == request.end_time,
+                "Usage row %s: bucket %s..%s" % (r.id, r.bucket_start.ToJsonString(), r.bucket_end.ToJsonString()),
+            )
+            check(r.intervals == 1 and r.hypervisor == "cloud-hypervisor", "Usage row %s: %r" % (r.id, r))
+        check(not anomalies, "Usage anomalies: %r" % anomalies)
+        summary["usage"] = [
+            {
+                "family": lpb.Family.Name(r.family),
+                "id": r.id,
+                "hypervisor": r.hypervisor,
+                "bucket_start": r.bucket_start.ToJsonString(),
+                "bucket_end": r.bucket_end.ToJsonString(),
+                # 64-bit integers as strings, as in protobuf's JSON mapping.
+                "running_nanos": str(r.running_nanos),
+                "vcpu_seconds": r.vcpu_seconds,
+                "mem_byte_seconds": r.mem_byte_seconds,
+                "storage_byte_seconds": r.storage_byte_seconds,
+                "intervals": r.intervals,
+                "open": r.open,
+            }
+            for r in rows
+        ]
+        summary["anomalies"] = [lpb.AnomalyType.Name(a.type) for a in anomalies]
 
     return summary
 
