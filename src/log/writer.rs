@@ -231,7 +231,7 @@ impl Writer {
     /// Writes one group and replies to each of its appends.
     fn commit<R: LogRecord>(&mut self, jobs: &mut Vec<Append<R>>) {
         if self.state.is_none() {
-            if let Err(e) = self.reopen() {
+            if let Err(e) = self.reopen(false) {
                 let err = self.failed("reopen", e);
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(err.clone()));
@@ -521,8 +521,14 @@ impl Writer {
         LogError(format!("ledger {what} failed: {e}"))
     }
 
-    fn reopen(&mut self) -> io::Result<()> {
+    /// Opens the stream from disk again. `probe`: also check that the disk
+    /// takes bytes (see [`has_room`]), for the periodic probe, which has no
+    /// write of its own to fail.
+    fn reopen(&mut self, probe: bool) -> io::Result<()> {
         let opened = open::open(&self.config)?;
+        if probe {
+            has_room(&opened.active.data, opened.active.len)?;
+        }
         self.install(opened);
         tracing::info!(
             stream = self.config.stream,
@@ -535,7 +541,7 @@ impl Writer {
     fn tick(&mut self) {
         if self.state.is_none() {
             // Probe: the cause of the failure may have gone away.
-            if self.reopen().is_err() {
+            if self.reopen(true).is_err() {
                 return;
             }
         }
@@ -560,4 +566,32 @@ impl Writer {
             tracing::warn!(stream = self.config.stream, error = %e, "retention could not delete a segment");
         }
     }
+}
+
+/// Whether the file system takes more bytes for `data`, whose length is
+/// `len`. Opening a file succeeds on a full disk, so the probe reserves one
+/// page past the end without changing the length (`fallocate` with
+/// `FALLOC_FL_KEEP_SIZE`); a full disk (or a device standing in for one in
+/// tests) keeps failing it. A file system without `fallocate` cannot tell:
+/// opening is the probe there, and the next write decides.
+fn has_room(data: &std::fs::File, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let offset = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too long"))?;
+        // SAFETY: `data` is an open file for the whole call; fallocate reads
+        // no memory of ours.
+        let r =
+            unsafe { libc::fallocate(data.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, 4096) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (data, len);
+    Ok(())
 }

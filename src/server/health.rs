@@ -21,16 +21,27 @@ pub(crate) struct Health {
     serving: Arc<AtomicBool>,
     /// Set at shutdown; from then on writes that finish no longer flip it back.
     stopping: Arc<AtomicBool>,
+    /// Whether the sinks report their own health. Then it alone decides:
+    /// a failed write already turned the sink unhealthy, and a write result
+    /// arriving after the sink's probe recovered must not turn it back.
+    follows_sinks: bool,
 }
 
 impl Health {
     /// `readable`: whether a sink keeps a ledger that LedgerService reads
     /// (a forwarding-only sidecar has none: NOT_SERVING for it, for good).
-    pub(crate) async fn new(reporter: HealthReporter, readable: bool) -> Self {
+    /// `sinks`: the health the sinks report; when there is none (a capture
+    /// or stderr sink), the result of each write decides instead.
+    pub(crate) async fn new(
+        reporter: HealthReporter,
+        readable: bool,
+        sinks: Vec<crate::sink::SinkHealth>,
+    ) -> Self {
         let health = Health {
             reporter,
             serving: Arc::new(AtomicBool::new(true)),
             stopping: Arc::new(AtomicBool::new(false)),
+            follows_sinks: !sinks.is_empty(),
         };
         health.publish(true).await;
         let status = if readable {
@@ -42,12 +53,20 @@ impl Health {
             .reporter
             .set_service_status(LEDGER_SERVICE_NAME, status)
             .await;
+        health.follow(sinks);
         health
     }
 
-    /// Records whether the last write succeeded. A failure flips the status
-    /// to NOT_SERVING; the next success flips it back.
-    pub(crate) fn observe(&self, ok: bool) {
+    /// Records whether a write succeeded, for sinks that do not report
+    /// their own health: a failure flips the status to NOT_SERVING; the
+    /// next success flips it back.
+    pub(crate) fn observe_write(&self, ok: bool) {
+        if !self.follows_sinks {
+            self.observe(ok);
+        }
+    }
+
+    fn observe(&self, ok: bool) {
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
@@ -71,7 +90,7 @@ impl Health {
     /// writer probes a failed disk every second) turns health back to
     /// SERVING with no client write. Each sink's change is logged once and
     /// shown as `meterd_sink_healthy{sink}`.
-    pub(crate) fn follow(&self, sinks: Vec<crate::sink::SinkHealth>) {
+    fn follow(&self, sinks: Vec<crate::sink::SinkHealth>) {
         let states: Arc<std::sync::Mutex<Vec<bool>>> =
             Arc::new(std::sync::Mutex::new(vec![true; sinks.len()]));
         for (i, mut sink) in sinks.into_iter().enumerate() {
@@ -86,7 +105,7 @@ impl Health {
                         .sink_healthy
                         .get_or_create(&labels)
                         .set(i64::from(healthy));
-                    let all = {
+                    {
                         let mut s = states
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -94,9 +113,10 @@ impl Health {
                         if was != healthy && healthy {
                             tracing::info!(sink = %sink.name, "sink takes writes again");
                         }
-                        s.iter().all(|h| *h)
-                    };
-                    this.observe(all);
+                        // Under the lock: two sinks changing at once must
+                        // not publish their views of "all" out of order.
+                        this.observe(s.iter().all(|h| *h));
+                    }
                     if sink.healthy.changed().await.is_err() {
                         return; // the sink is gone (shutdown)
                     }

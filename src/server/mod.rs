@@ -184,11 +184,11 @@ impl Shared {
                 Ok(_) => {
                     FAILING.accepted();
                     FULL.accepted();
-                    this.health.observe(true);
+                    this.health.observe_write(true);
                 }
                 Err(e @ SinkError::Unavailable(_)) => {
                     FAILING.refused(e);
-                    this.health.observe(false);
+                    this.health.observe_write(false);
                 }
                 Err(e @ SinkError::Exhausted(_)) => FULL.refused(e),
             }
@@ -322,8 +322,7 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let kept = sink.ledger();
-    let health = health::Health::new(reporter, kept.is_some()).await;
-    health.follow(sink.health());
+    let health = health::Health::new(reporter, kept.is_some(), sink.health()).await;
     let shared = Arc::new(Shared {
         sink: sink.clone(),
         limits: config.limits.clone(),
