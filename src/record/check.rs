@@ -1,6 +1,8 @@
 //! Validation: protobuf input in, a domain record or the first broken rule
 //! (`field: rule`) out. The one place input is checked.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use time::OffsetDateTime;
 
 use super::{timestamp_to_time, Entry, Invalid, Kind, Limits, Metric, MetricBatch, Reason, Shape};
@@ -59,7 +61,7 @@ impl Check<'_> {
             }
         }
         let emitted_at = match pb.emitted_at {
-            None => self.now,
+            None => unique_stamp(self.now),
             Some(ts) => self.time("emitted_at", ts)?,
         };
         Ok(Entry {
@@ -221,4 +223,23 @@ fn check_str(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// The receive time stamped on an entry that came without `emitted_at`,
+/// unique within the process: one nanosecond after the previous stamp when
+/// the clock has not moved past it. Without it, two calls with the same
+/// content stamped in the same nanosecond (or two such entries in one
+/// `EmitBatch`, which share one `now`) would have the same content key, and
+/// the second would be answered "duplicate" and not written.
+fn unique_stamp(now: OffsetDateTime) -> OffsetDateTime {
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let want = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    let next = |last: i64| want.max(last.saturating_add(1));
+    // The closure always returns Some: the update cannot fail.
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(next(last))
+        })
+        .unwrap_or_else(|last| last);
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(next(prev))).unwrap_or(now)
 }

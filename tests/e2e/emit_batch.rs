@@ -14,6 +14,37 @@ fn request(entries: Vec<pb::Entry>) -> EmitBatchRequest {
     EmitBatchRequest { entries }
 }
 
+/// Entries without an id and without `emitted_at` are stamped with their
+/// receive time, so each send is a new record, even when two identical
+/// ones arrive in the same request (one instant) or the same nanosecond.
+#[tokio::test]
+async fn identical_entries_stamped_by_the_server_are_all_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::jsonl(dir.path()).await;
+    let mut client = server.client().await;
+    let mut stamped = vm_entry("vm-twice", "");
+    stamped.emitted_at = None;
+    let results = client
+        .emit_batch(request(vec![stamped.clone(); 3]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        results
+            .iter()
+            .all(|r| !r.duplicate && r.rejected.is_empty()),
+        "{results:?}"
+    );
+    let times: std::collections::BTreeSet<_> = results
+        .iter()
+        .map(|r| r.emitted_at.clone().map(|t| (t.seconds, t.nanos)))
+        .collect();
+    assert_eq!(times.len(), 3, "each one its own stamp: {results:?}");
+    assert_eq!(entries(dir.path()).len(), 3);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn each_entry_gets_its_own_result_and_bad_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
