@@ -38,7 +38,7 @@ async fn identical_entries_stamped_by_the_server_are_all_written() {
     );
     let times: std::collections::BTreeSet<_> = results
         .iter()
-        .map(|r| r.emitted_at.clone().map(|t| (t.seconds, t.nanos)))
+        .map(|r| r.emitted_at.map(|t| (t.seconds, t.nanos)))
         .collect();
     assert_eq!(times.len(), 3, "each one its own stamp: {results:?}");
     assert_eq!(entries(dir.path()).len(), 3);
