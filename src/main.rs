@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use meterd::cli::{self, Command, LogFormat};
 
+/// mimalloc instead of glibc's malloc: records are allocated on request
+/// threads and freed on others, which glibc serves with arena locks and
+/// consolidation (a quarter of SubmitBatch's CPU in a profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match cli::parse() {

@@ -239,6 +239,10 @@ async fn collector_wire_acks_retries_and_statuses() {
             "200ms",
             "--http-timeout",
             "500ms",
+            // One request at a time: the collector then sees the spool's
+            // order exactly, which the byte comparison below relies on.
+            "--forward-in-flight",
+            "1",
         ],
     )
     .await;
