@@ -333,6 +333,13 @@ impl<T> Groups<T> {
         self.oldest = 0;
     }
 
+    /// Makes room for `more` ids of `family` (a checkpoint's, before it
+    /// seeds them).
+    pub fn reserve(&mut self, family: Family, more: usize) {
+        self.ids[family.index()].reserve(more);
+        self.seeds.reserve(more);
+    }
+
     pub fn seed(&mut self, family: Family, id: &str, seed: T) {
         let slot = self.slot(family, id.as_bytes(), ids::hash(id.as_bytes()));
         self.seeds[slot as usize] = Some(seed);

@@ -124,6 +124,14 @@ impl IdMap {
         }
     }
 
+    /// Makes room for `more` ids, so that adding them does not grow the
+    /// table step by step (each step rehashes every id).
+    pub fn reserve(&mut self, more: usize) {
+        while (self.len + more) * 2 > self.table.len() {
+            self.grow();
+        }
+    }
+
     /// Adds `id` (not yet in the map) with its slot.
     pub fn insert(&mut self, id: &[u8], hash: u64, slot: u32) {
         if id.len() > INLINE {
