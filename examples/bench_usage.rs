@@ -405,6 +405,7 @@ fn one_day(
             "step": "day", "run": run, "day": day as i64, "hours": hours, "seconds": secs,
             "fold_seconds": folded, "cpu_seconds": cpu_secs, "fold_cpu_seconds": cpu_folded, "records": got.stats.records,
             "checkpoint": got.stats.checkpoint, "skipped_segments": got.stats.skipped,
+            "skipped_block_records": got.stats.skipped_blocks,
             "skipped_active_records": got.stats.skipped_active, "restarts": got.stats.restarts,
             "ids": ids, "rows": rows, "anomalies": anomalies, "equals_full_fold": same,
         }));

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::log::Summary;
 use crate::usage::{Fold, SeedError, UnixNanos};
 
-use super::checkpoint::{self, Body, Meta, Pending};
+use super::checkpoint::{self, Blocks, Body, Meta, Pending};
 use super::{scan, ReadError, Source};
 
 /// How far a checkpoint's `before` trails the latest receive time of its
@@ -124,9 +124,9 @@ impl Checkpoints {
                     },
                 },
             };
-            let (meta, body) = build_one(source, &plan, &metas, j, base)?;
+            let (meta, blocks, body) = build_one(source, &plan, &metas, j, base)?;
             let path = source.checkpoint_path(meta.first);
-            checkpoint::write(&path, &meta, &body)?;
+            checkpoint::write(&path, &meta, &blocks, &body)?;
             tracing::debug!(
                 first = meta.first,
                 records = meta.count,
@@ -166,7 +166,7 @@ fn build_one(
     metas: &[Option<Meta>],
     j: usize,
     mut base: Option<(usize, Body)>,
-) -> Result<(Meta, Body), ReadError> {
+) -> Result<(Meta, Blocks, Body), ReadError> {
     let seg = plan.segments[j];
     let last = seg.first + seg.count - 1;
     let prior = j.checked_sub(1).and_then(|i| metas[i]);
@@ -191,10 +191,12 @@ fn build_one(
             }
         }
         let (mut min_emitted, mut max_emitted) = (UnixNanos::MAX, UnixNanos::MIN);
+        let mut blocks = Blocks::default();
         let scanned = scan::entries(source, after, last, |position, received, e| {
             if position >= seg.first {
                 min_emitted = min_emitted.min(e.emitted_at);
                 max_emitted = max_emitted.max(e.emitted_at);
+                blocks.note(position - seg.first, e.emitted_at);
             }
             if e.emitted_at >= before {
                 pending.push(Pending::of(position, received, e));
@@ -214,7 +216,7 @@ fn build_one(
                     before,
                 };
                 let state = fold.finish();
-                return Ok((meta, Body { state, pending }));
+                return Ok((meta, blocks, Body { state, pending }));
             }
             Err(SeedError::Stale { at, .. }) => {
                 // Start again from the latest checkpoint before that record.

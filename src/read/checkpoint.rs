@@ -6,19 +6,35 @@
 //! a second source of truth.
 //!
 //! Layout: a fixed header ([`Meta`], with its own CRC, so a query can choose
-//! among checkpoints by reading headers only), then the body's length, the
-//! body ([`Body`]: the open intervals and the pending records) and its CRC.
+//! among checkpoints by reading headers only), then the block index
+//! ([`Blocks`]: the earliest `emitted_at` of every [`BLOCK`] records of the
+//! segment, so that a query reads only the blocks that can change its
+//! answer) with its length and CRC, then the body's length, the body
+//! ([`Body`]: the open intervals and the pending records) and its CRC.
 //! Integers are little-endian; strings are a u32 length and UTF-8 bytes.
+//!
+//! The magic names the version: a file of another version (`MTU1` had no
+//! block index) reads as missing, so it is rebuilt (or, in the `--ledger`
+//! form, not used).
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Seek as _};
 use std::path::Path;
 
 use crate::record::{Kind, Shape};
 use crate::usage::{Checkpoint, EntryRef, Family, OpenState, UnixNanos};
 
-const MAGIC: [u8; 4] = *b"MTU1";
+const MAGIC: [u8; 4] = *b"MTU2";
+/// Records per block of the block index: about ten minutes of a busy
+/// ledger's records, so skipping the blocks after a range wastes little
+/// reading, while the index stays small (16 bytes per block). Tests use
+/// small blocks, so that their small segments have several. The file says
+/// which size it was written with.
+#[cfg(not(test))]
+pub const BLOCK: u64 = 1024;
+#[cfg(test)]
+pub const BLOCK: u64 = 3;
 /// Magic, four u64, three i128, one i64, CRC.
 const HEADER_LEN: usize = 4 + 4 * 8 + 3 * 16 + 8 + 4;
 /// A checkpoint body larger than this is treated as damage, not read.
@@ -52,6 +68,40 @@ pub struct Body {
     pub state: Checkpoint,
     /// In position order.
     pub pending: Vec<Pending>,
+}
+
+/// The earliest `emitted_at` of each [`BLOCK`] records of a segment (the
+/// last block may be shorter): a query skips the blocks whose earliest
+/// record is after its end, as it skips whole segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    /// Records per block (at least 1).
+    pub per: u64,
+    pub min_emitted: Vec<UnixNanos>,
+}
+
+// === impl Blocks ===
+
+impl Default for Blocks {
+    fn default() -> Self {
+        Blocks {
+            per: BLOCK,
+            min_emitted: Vec::new(),
+        }
+    }
+}
+
+impl Blocks {
+    /// Notes the `emitted_at` of the record at `index` in the segment.
+    /// Records come in order, so a new block starts with its first record.
+    pub fn note(&mut self, index: u64, emitted_at: UnixNanos) {
+        let b = usize::try_from(index / self.per).unwrap_or(usize::MAX);
+        if b == self.min_emitted.len() {
+            self.min_emitted.push(emitted_at);
+        } else if let Some(m) = self.min_emitted.get_mut(b) {
+            *m = (*m).min(emitted_at);
+        }
+    }
 }
 
 /// A record up to the segment's end with `emitted_at` at or after the
@@ -120,7 +170,7 @@ fn family_of(kind: Kind) -> (Family, bool) {
 
 /// Writes a checkpoint so that a crash leaves the old file or the new one.
 /// Blocking.
-pub fn write(path: &Path, meta: &Meta, body: &Body) -> io::Result<()> {
+pub fn write(path: &Path, meta: &Meta, blocks: &Blocks, body: &Body) -> io::Result<()> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64 + body.pending.len() * 64);
     out.extend_from_slice(&MAGIC);
     for v in [meta.from, meta.first, meta.count, meta.data_len] {
@@ -132,6 +182,13 @@ pub fn write(path: &Path, meta: &Meta, body: &Body) -> io::Result<()> {
     out.extend_from_slice(&meta.received_max.to_le_bytes());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
+
+    let mut x = Vec::with_capacity(8 + blocks.min_emitted.len() * 16);
+    put_u64(&mut x, blocks.per);
+    for m in &blocks.min_emitted {
+        x.extend_from_slice(&m.to_le_bytes());
+    }
+    section(&mut out, &x);
 
     let mut b = Vec::new();
     put_u64(&mut b, body.state.open.len() as u64);
@@ -153,10 +210,15 @@ pub fn write(path: &Path, meta: &Meta, body: &Body) -> io::Result<()> {
         put_shape(&mut b, &p.shape);
         b.extend_from_slice(&p.emitted_at.to_le_bytes());
     }
-    put_u64(&mut out, b.len() as u64);
-    out.extend_from_slice(&b);
-    out.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+    section(&mut out, &b);
     crate::log::write_atomically(path, &out)
+}
+
+/// Appends a section: its length, its bytes, their CRC.
+fn section(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_u64(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
 }
 
 /// The header of a checkpoint file; `None` when it is missing or damaged.
@@ -185,34 +247,78 @@ fn decode_meta(h: &[u8; HEADER_LEN]) -> Option<Meta> {
     })
 }
 
+/// The block index of a checkpoint, if its file still holds `meta` and an
+/// intact index of the right length. Blocking.
+pub fn read_blocks(path: &Path, meta: &Meta) -> io::Result<Blocks> {
+    let mut f = open_checked(path, meta)?;
+    let x = read_section(&mut f, path)?;
+    let (per, x) = x
+        .split_first_chunk::<8>()
+        .map(|(per, rest)| (u64::from_le_bytes(*per), rest))
+        .ok_or_else(|| damaged(path, "block index too short"))?;
+    let min_emitted: Vec<UnixNanos> = x
+        .chunks_exact(16)
+        .map(|c| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(c);
+            i128::from_le_bytes(b)
+        })
+        .collect();
+    if per == 0 || x.len() % 16 != 0 || min_emitted.len() as u64 != meta.count.div_ceil(per) {
+        return Err(damaged(path, "block index of the wrong length"));
+    }
+    Ok(Blocks { per, min_emitted })
+}
+
 /// The whole checkpoint, if its file still holds `meta` and an intact body.
 /// Blocking.
 pub fn read_body(path: &Path, meta: &Meta) -> io::Result<Body> {
-    let damaged = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("checkpoint {}: {what}", path.display()),
-        )
-    };
+    let mut f = open_checked(path, meta)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    // Past the block index and its CRC.
+    let skip = u64::from_le_bytes(len)
+        .checked_add(4)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| damaged(path, "implausible block index length"))?;
+    f.seek(io::SeekFrom::Current(skip))?;
+    let body = read_section(&mut f, path)?;
+    decode_body(&body, meta.before).ok_or_else(|| damaged(path, "undecodable body"))
+}
+
+fn damaged(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("checkpoint {}: {what}", path.display()),
+    )
+}
+
+/// The file, past a header that must still be `meta`'s.
+fn open_checked(path: &Path, meta: &Meta) -> io::Result<File> {
     let mut f = File::open(path)?;
     let mut header = [0u8; HEADER_LEN];
     f.read_exact(&mut header)?;
     if decode_meta(&header).as_ref() != Some(meta) {
-        return Err(damaged("replaced since its header was read"));
+        return Err(damaged(path, "replaced since its header was read"));
     }
+    Ok(f)
+}
+
+/// The next section's bytes, checked against its CRC.
+fn read_section(f: &mut File, path: &Path) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 8];
     f.read_exact(&mut len)?;
     let len = u64::from_le_bytes(len);
     if len > MAX_BODY {
-        return Err(damaged("implausible body length"));
+        return Err(damaged(path, "implausible section length"));
     }
-    let mut b = vec![0u8; usize::try_from(len).map_err(|_| damaged("body length"))? + 4];
+    let mut b = vec![0u8; usize::try_from(len).map_err(|_| damaged(path, "section length"))? + 4];
     f.read_exact(&mut b)?;
-    let (body, crc) = b.split_at(b.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(damaged("body checksum mismatch"));
+    let crc = b.split_off(b.len() - 4);
+    if crc32fast::hash(&b).to_le_bytes()[..] != crc[..] {
+        return Err(damaged(path, "section checksum mismatch"));
     }
-    decode_body(body, meta.before).ok_or_else(|| damaged("undecodable body"))
+    Ok(b)
 }
 
 fn decode_body(b: &[u8], before: UnixNanos) -> Option<Body> {
@@ -356,9 +462,14 @@ mod tests {
                 emitted_at: 1 << 69,
             }],
         };
-        write(&path, &meta, &body).unwrap();
+        let blocks = Blocks {
+            per: 2,
+            min_emitted: vec![-5, 1 << 70],
+        };
+        write(&path, &meta, &blocks, &body).unwrap();
         assert_eq!(read_meta(&path), Some(meta));
         assert_eq!(read_body(&path, &meta).unwrap(), body);
+        assert_eq!(read_blocks(&path, &meta).unwrap(), blocks);
         let other = Meta { count: 4, ..meta };
         assert!(read_body(&path, &other).is_err());
 
@@ -368,10 +479,20 @@ mod tests {
             b[i] ^= 0x10;
             std::fs::write(&path, &b).unwrap();
             let ok = read_meta(&path).is_some_and(|m| m == meta)
-                && read_body(&path, &meta).is_ok_and(|got| got == body);
+                && read_body(&path, &meta).is_ok_and(|got| got == body)
+                && read_blocks(&path, &meta).is_ok_and(|got| got == blocks);
             assert!(!ok, "a flipped byte at {i} went unnoticed");
         }
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(read_body(&path, &meta).is_err());
+
+        // A file of the previous version (intact, with its own CRC) reads
+        // as missing: it is rebuilt, never decoded with this layout.
+        let mut old = bytes.clone();
+        old[..4].copy_from_slice(b"MTU1");
+        let crc = crc32fast::hash(&old[..HEADER_LEN - 4]);
+        old[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        assert_eq!(read_meta(&path), None);
     }
 }

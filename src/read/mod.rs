@@ -20,14 +20,18 @@
 //!   to the segment's end (`usage::Checkpoint`), plus those records whose
 //!   `emitted_at` is at or after `before_k` ("pending", about an hour of
 //!   records), which the state leaves out;
-//! - the segment's `emitted_at` range and the latest receive time so far.
+//! - the segment's `emitted_at` range and the latest receive time so far;
+//! - a block index: the earliest `emitted_at` of every
+//!   [`checkpoint::BLOCK`] records of the segment.
 //!
 //! A query chooses the latest checkpoint `k` with `before_k <= start`,
 //! received entirely at or before `as_of` (when set), and no later sealed
 //! segment holding a record emitted before `before_k`. It seeds the engine
 //! with the state, pushes the pending records, then the records after the
 //! segment, skipping every later sealed segment whose earliest `emitted_at`
-//! is after `end` (the engine ignores such records anyway). A record after
+//! is after `end` (the engine ignores such records anyway), and, in a
+//! segment that holds records from both sides of `end`, every block whose
+//! earliest `emitted_at` is after it. A record after
 //! the segment emitted before `before_k` (a late one in the active file)
 //! makes the engine refuse the checkpoint (`SeedError::Stale`); the query
 //! then starts again from an earlier checkpoint, or from nothing.
@@ -37,9 +41,9 @@
 //! ([`build::ActiveStats`]), so that later queries skip that part of it too
 //! when it lies after their range (its durable records never change).
 //!
-//! A segment is skipped only when its earliest record is strictly after
-//! `end`: a stop emitted exactly at `end` still decides that the last
-//! bucket's interval is not `open`.
+//! A segment (or block) is skipped only when its earliest record is
+//! strictly after `end`: a stop emitted exactly at `end` still decides that
+//! the last bucket's interval is not `open`.
 //!
 //! Checkpoints fold only retained records (`from`, the first retained
 //! position, is part of each), so that the answer is a function of what the

@@ -171,7 +171,7 @@ fn random_query(rng: &mut fastrand::Rng, span: i128) -> Query {
 fn read_fast_path_equals_the_full_fold() {
     // How often the fast path was taken, skipped segments, and restarted.
     let (mut seeded, mut skipped, mut restarts, mut queries) = (0, 0, 0, 0);
-    let mut skipped_active = 0;
+    let (mut skipped_active, mut skipped_blocks) = (0, 0);
     for seed in 0..30u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let dir = tempfile::tempdir().unwrap();
@@ -193,6 +193,7 @@ fn read_fast_path_equals_the_full_fold() {
                 }
                 seeded += usize::from(got.stats.checkpoint.is_some());
                 skipped += got.stats.skipped;
+                skipped_blocks += got.stats.skipped_blocks;
                 skipped_active += usize::from(got.stats.skipped_active > 0);
                 restarts += got.stats.restarts;
                 queries += 1;
@@ -231,10 +232,15 @@ fn read_fast_path_equals_the_full_fold() {
             check(&snap, true, &mut rng);
         }
     }
-    eprintln!("fast path taken {seeded} times of {queries}, {skipped} segments skipped, {restarts} restarts, active segment skipped {skipped_active} times");
+    let summary = format!("fast path taken {seeded} times of {queries}, {skipped} segments and {skipped_blocks} records in blocks skipped, {restarts} restarts, active segment skipped {skipped_active} times");
+    eprintln!("{summary}");
     assert!(
-        seeded > queries / 4 && skipped > 500 && skipped_active > 10 && restarts > 5,
-        "fast path taken {seeded} times of {queries}, {skipped} segments skipped, {restarts} restarts"
+        seeded > queries / 4
+            && skipped > 500
+            && skipped_blocks > 50
+            && skipped_active > 10
+            && restarts > 5,
+        "{summary}"
     );
 }
 

@@ -20,6 +20,9 @@ pub struct Stats {
     pub records: u64,
     /// Sealed segments not read because they lie wholly after the range.
     pub skipped: usize,
+    /// Records of the other sealed segments not read because their blocks
+    /// lie wholly after the range (see [`checkpoint::Blocks`]).
+    pub skipped_blocks: u64,
     /// Records of the active segment not read for the same reason.
     pub skipped_active: u64,
     /// Times a stale checkpoint made the query start again.
@@ -82,6 +85,7 @@ pub fn answer(
         let mut usage = Usage::new(query.clone())?;
         stats.records = 0;
         stats.skipped = 0;
+        stats.skipped_blocks = 0;
         let mut after = plan.from - 1;
         stats.checkpoint = None;
         if let Some((k, meta)) = best.and_then(|k| Some((k, plan.metas[k]?))) {
@@ -117,10 +121,31 @@ pub fn answer(
             if seg_last <= after {
                 continue;
             }
-            if plan.metas[j].is_some_and(|m| m.min_emitted > query.end) {
-                stats.skipped += 1;
-            } else {
-                extend(at, seg_last, &mut ranges);
+            match plan.metas[j] {
+                Some(m) if m.min_emitted > query.end => stats.skipped += 1,
+                // Some of it lies after the range: its block index says which.
+                Some(m) if m.max_emitted > query.end => {
+                    let path = source.checkpoint_path(m.first);
+                    match checkpoint::read_blocks(&path, &m) {
+                        Ok(blocks) => {
+                            let per = blocks.per;
+                            for (b, &min) in (0u64..).zip(&blocks.min_emitted) {
+                                let lo = if b == 0 { at } else { s.first + b * per - 1 };
+                                let hi = (s.first + (b + 1) * per - 1).min(seg_last);
+                                if min > query.end {
+                                    stats.skipped_blocks += hi - lo;
+                                } else {
+                                    extend(lo, hi, &mut ranges);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "usage block index unreadable; reading the whole segment");
+                            extend(at, seg_last, &mut ranges);
+                        }
+                    }
+                }
+                _ => extend(at, seg_last, &mut ranges),
             }
             at = seg_last;
         }

@@ -52,29 +52,55 @@ impl std::ops::AddAssign for Decimal {
     }
 }
 
+impl Decimal {
+    /// The integer part and the nine fractional digits' value.
+    fn split(self) -> (u128, u64) {
+        // A usage answer prints three of these per row: u64 division where
+        // the value allows, not a call into the runtime's u128 division.
+        match u64::try_from(self.0) {
+            Ok(v) => (
+                u128::from(v / NANOS_PER_UNIT as u64),
+                v % NANOS_PER_UNIT as u64,
+            ),
+            // Below 10⁹: fits a u64.
+            Err(_) => (self.0 / NANOS_PER_UNIT, (self.0 % NANOS_PER_UNIT) as u64),
+        }
+    }
+
+    /// The `Display` text, built without the formatting machinery (the
+    /// protobuf answer holds three per row).
+    pub fn text(self) -> String {
+        let (whole, frac) = self.split();
+        let mut out = String::with_capacity(32);
+        match u64::try_from(whole) {
+            Ok(w) => out.push_str(itoa::Buffer::new().format(w)),
+            Err(_) => out.push_str(&whole.to_string()),
+        }
+        push_fraction(&mut out, frac);
+        out
+    }
+}
+
+/// `.` and the nine digits of `frac` with trailing zeros trimmed; nothing
+/// for zero.
+fn push_fraction(out: &mut String, frac: u64) {
+    if frac == 0 {
+        return;
+    }
+    let mut digits = [b'0'; 9];
+    let mut rest = frac;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let used = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+    out.push('.');
+    // ASCII digits.
+    out.push_str(std::str::from_utf8(&digits[..used]).unwrap_or_default());
+}
+
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.0 / NANOS_PER_UNIT;
-        // Below 10⁹: fits a u64.
-        let frac = (self.0 % NANOS_PER_UNIT) as u64;
-        // A usage answer prints three of these per row: u64 arithmetic (and
-        // no allocation) wherever the integer part allows.
-        match u64::try_from(whole) {
-            Ok(w) => f.write_str(itoa::Buffer::new().format(w))?,
-            Err(_) => write!(f, "{whole}")?,
-        }
-        if frac == 0 {
-            return Ok(());
-        }
-        let mut digits = [b'0'; 9];
-        let mut rest = frac;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        let used = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
-        f.write_str(".")?;
-        // ASCII digits.
-        f.write_str(std::str::from_utf8(&digits[..used]).unwrap_or_default())
+        f.write_str(&self.text())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::ids::IdMap;
+use super::ids::{self, IdMap, INLINE};
 use super::{Family, UnixNanos};
 use crate::record::{Entry, Kind, Shape};
 
@@ -87,9 +87,20 @@ impl Event {
         billed: Billed,
         hypervisor: u32,
     ) -> Event {
-        // Entries hold years 0001..=9999, far inside i64 seconds.
-        let secs = i64::try_from(at.div_euclid(NANOS_PER_SECOND)).unwrap_or(i64::MAX);
-        let nanos = at.rem_euclid(NANOS_PER_SECOND) as u32;
+        // Times of years 1678..=2261 fit an i64 of nanoseconds, whose
+        // division is a few instructions; an `i128` division is a call into
+        // the compiler's runtime, once per record of a scan.
+        let (secs, nanos) = match i64::try_from(at) {
+            Ok(t) => (
+                t.div_euclid(1_000_000_000),
+                t.rem_euclid(1_000_000_000) as u32,
+            ),
+            // Entries hold years 0001..=9999, far inside i64 seconds.
+            Err(_) => (
+                i64::try_from(at.div_euclid(NANOS_PER_SECOND)).unwrap_or(i64::MAX),
+                at.rem_euclid(NANOS_PER_SECOND) as u32,
+            ),
+        };
         Event {
             secs,
             position,
@@ -199,6 +210,12 @@ impl Interner {
 /// entry: per-id vectors cost two cache misses per record on a month of
 /// ledger (their headers and their tails are all over the heap). The log is
 /// grouped by slot once, at the end, with a counting sort.
+///
+/// The table entry itself misses the cache too (60,000 ids of a month do
+/// not fit), so a push only hashes its id, prefetches the entry and queues
+/// the record; it is looked up [`DEPTH`] pushes later, when the entry has
+/// arrived. Slots and the log's order may then differ from push order,
+/// which nothing depends on (events are sorted per slot, ids by bytes).
 #[derive(Debug)]
 pub struct Groups<T> {
     /// Per family (indexed by `Family::index`): id → slot.
@@ -209,6 +226,25 @@ pub struct Groups<T> {
     /// event costs 44 bytes, not 48).
     events: Vec<Event>,
     slot_of: Vec<u32>,
+    /// Pushes waiting for their prefetched table entry: a ring, the
+    /// oldest at `oldest` once it is full.
+    queue: Vec<Queued>,
+    oldest: usize,
+}
+
+/// Pushes in flight: enough to cover a miss to memory, few enough that
+/// the queue stays in the first-level cache.
+const DEPTH: usize = 8;
+
+/// A push waiting for its table entry: the id copied (the caller's line
+/// is gone by the time it is looked up).
+#[derive(Debug)]
+struct Queued {
+    family: Family,
+    hash: u64,
+    len: u8,
+    id: [u8; INLINE],
+    event: Event,
 }
 
 /// A (family, id) and the index of its slot.
@@ -233,18 +269,22 @@ impl<T> Default for Groups<T> {
             seeds: Vec::new(),
             events: Vec::new(),
             slot_of: Vec::new(),
+            queue: Vec::with_capacity(DEPTH),
+            oldest: 0,
         }
     }
 }
 
 impl<T> Groups<T> {
-    fn slot(&mut self, family: Family, id: &str) -> usize {
+    fn slot(&mut self, family: Family, id: &[u8], hash: u64) -> u32 {
         let ids = &mut self.ids[family.index()];
-        match ids.get(id) {
+        match ids.get(id, hash) {
             Some(i) => i,
             None => {
-                let i = self.seeds.len();
-                ids.insert(id, i);
+                // Slots are counted in u32: 4 billion distinct ids do not
+                // fit in memory anyway.
+                let i = u32::try_from(self.seeds.len()).unwrap_or(u32::MAX);
+                ids.insert(id, hash, i);
                 self.seeds.push(None);
                 i
             }
@@ -252,21 +292,63 @@ impl<T> Groups<T> {
     }
 
     pub fn push(&mut self, family: Family, id: &str, event: Event) {
-        let slot = self.slot(family, id);
-        // Slots are counted in u32: 4 billion distinct ids do not fit in
-        // memory anyway.
-        self.slot_of.push(u32::try_from(slot).unwrap_or(u32::MAX));
-        self.events.push(event);
+        let id = id.as_bytes();
+        let hash = ids::hash(id);
+        if id.len() > INLINE {
+            let slot = self.slot(family, id, hash);
+            self.slot_of.push(slot);
+            self.events.push(event);
+            return;
+        }
+        self.ids[family.index()].prefetch(hash);
+        let mut q = Queued {
+            family,
+            hash,
+            // At most INLINE, checked above.
+            len: id.len() as u8,
+            id: [0; INLINE],
+            event,
+        };
+        q.id[..id.len()].copy_from_slice(id);
+        if self.queue.len() < DEPTH {
+            self.queue.push(q);
+            return;
+        }
+        let q = std::mem::replace(&mut self.queue[self.oldest], q);
+        self.oldest = (self.oldest + 1) % DEPTH;
+        self.resolve(&q);
+    }
+
+    fn resolve(&mut self, q: &Queued) {
+        let slot = self.slot(q.family, &q.id[..usize::from(q.len)], q.hash);
+        self.slot_of.push(slot);
+        self.events.push(q.event);
+    }
+
+    /// Looks up every queued push.
+    fn flush(&mut self) {
+        for q in std::mem::take(&mut self.queue) {
+            self.resolve(&q);
+        }
+        self.oldest = 0;
+    }
+
+    /// Makes room for `more` ids of `family` (a checkpoint's, before it
+    /// seeds them).
+    pub fn reserve(&mut self, family: Family, more: usize) {
+        self.ids[family.index()].reserve(more);
+        self.seeds.reserve(more);
     }
 
     pub fn seed(&mut self, family: Family, id: &str, seed: T) {
-        let slot = self.slot(family, id);
-        self.seeds[slot] = Some(seed);
+        let slot = self.slot(family, id.as_bytes(), ids::hash(id.as_bytes()));
+        self.seeds[slot as usize] = Some(seed);
     }
 
     /// Every (family, id) with its slot index, ordered by family, then id
     /// (byte order): the order of the answer; and the events by slot.
-    pub fn into_sorted(self) -> (Vec<Key>, Grouped<T>) {
+    pub fn into_sorted(mut self) -> (Vec<Key>, Grouped<T>) {
+        self.flush();
         let mut keys = Vec::with_capacity(self.seeds.len());
         for (family, ids) in Family::ALL.into_iter().zip(self.ids) {
             keys.extend(ids.into_sorted().into_iter().map(|(id, i)| (family, id, i)));

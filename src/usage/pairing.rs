@@ -169,6 +169,13 @@ pub fn seed(
     checkpoint: Checkpoint,
     keep: impl Fn(Family, &str) -> bool,
 ) {
+    let mut counts = [0usize; 3];
+    for (family, _) in checkpoint.open.keys() {
+        counts[family.index()] += 1;
+    }
+    for (family, n) in Family::ALL.into_iter().zip(counts) {
+        groups.reserve(family, n);
+    }
     for ((family, id), state) in checkpoint.open {
         if !keep(family, &id) {
             continue;

@@ -109,6 +109,14 @@ fn time(field: &str, ts: &prost_types::Timestamp) -> Result<UnixNanos, Invalid> 
 /// The protobuf Timestamp of Unix nanoseconds.
 pub fn timestamp(t: UnixNanos) -> prost_types::Timestamp {
     const NANOS: i128 = 1_000_000_000;
+    // An answer holds two per row: i64 division where the time allows
+    // (years 1678..=2261), not a call into the runtime's i128 division.
+    if let Ok(t) = i64::try_from(t) {
+        return prost_types::Timestamp {
+            seconds: t.div_euclid(1_000_000_000),
+            nanos: t.rem_euclid(1_000_000_000) as i32,
+        };
+    }
     prost_types::Timestamp {
         // Engine times come from valid timestamps (years 0001..=9999).
         seconds: i64::try_from(t.div_euclid(NANOS)).unwrap_or(i64::MAX),

@@ -5,7 +5,7 @@ use super::decimal::Decimal;
 use super::events::{Event, Grouped, Interner, Key};
 use super::pairing::{pair, AnomalyType, Open};
 use super::query::timestamp;
-use super::rows::Rows;
+use super::rows::{Acc, Rows};
 use super::{Family, UnixNanos};
 use crate::pb;
 
@@ -59,6 +59,8 @@ pub struct Report {
     horizon: UnixNanos,
     /// `[start, end)`: anomalies are reported only for records in it.
     range: (UnixNanos, UnixNanos),
+    /// The rows of the id being computed, reused from one id to the next.
+    scratch: Vec<Acc>,
 }
 
 // === impl Report ===
@@ -79,6 +81,7 @@ impl Report {
             bounds,
             horizon,
             range,
+            scratch: Vec::new(),
         }
     }
 
@@ -86,7 +89,8 @@ impl Report {
         let (seed, events) = self.grouped.take(i);
         events.sort_unstable_by_key(Event::order);
         let (start, end) = self.range;
-        let mut rows = Rows::new(family, &self.bounds, self.horizon);
+        let buf = std::mem::take(&mut self.scratch);
+        let mut rows = Rows::new(family, &self.bounds, self.horizon, buf);
         let mut anomalies = Vec::new();
         pair(
             seed,
@@ -102,9 +106,9 @@ impl Report {
                 }
             },
         );
-        let rows = rows
-            .finish()
-            .into_iter()
+        let accs = rows.finish();
+        let rows = accs
+            .iter()
             .map(|a| Row {
                 bucket_start: self.bounds[a.bucket],
                 bucket_end: self.bounds[a.bucket + 1],
@@ -118,6 +122,7 @@ impl Report {
                 open: a.open,
             })
             .collect();
+        self.scratch = accs;
         IdUsage {
             family,
             id: id.into_string(),
@@ -159,9 +164,9 @@ impl IdUsage {
                     bucket_start: Some(timestamp(r.bucket_start)),
                     bucket_end: Some(timestamp(r.bucket_end)),
                     running_nanos: r.running_nanos,
-                    vcpu_seconds: r.vcpu_seconds.to_string(),
-                    mem_byte_seconds: r.mem_byte_seconds.to_string(),
-                    storage_byte_seconds: r.storage_byte_seconds.to_string(),
+                    vcpu_seconds: r.vcpu_seconds.text(),
+                    mem_byte_seconds: r.mem_byte_seconds.text(),
+                    storage_byte_seconds: r.storage_byte_seconds.text(),
                     intervals: r.intervals,
                     open: r.open,
                 })

@@ -43,13 +43,21 @@ pub struct Rows<'a> {
 // === impl Rows ===
 
 impl<'a> Rows<'a> {
-    pub fn new(family: Family, bounds: &'a [UnixNanos], horizon: UnixNanos) -> Rows<'a> {
+    /// Rows gathered into `buf` (emptied first): a report reuses one buffer
+    /// for all its ids.
+    pub fn new(
+        family: Family,
+        bounds: &'a [UnixNanos],
+        horizon: UnixNanos,
+        mut buf: Vec<Acc>,
+    ) -> Rows<'a> {
+        buf.clear();
         Rows {
             family,
             bounds,
             horizon,
             current: None,
-            done: Vec::new(),
+            done: buf,
         }
     }
 

@@ -113,35 +113,32 @@ fn canonical(line: &[u8]) -> Option<EntryFields<'_>> {
     }
     let text = std::str::from_utf8(body).ok()?;
     let mut c = Cursor { text, at: 0 };
-    c.literal("{\"kind\":")?;
+    // The literals are byte arrays of known length, so that comparing them
+    // compiles to a few loads, not a call to `memcmp` (a fifth of a scan's
+    // time when they were `&str` prefixes).
+    c.literal(b"{\"kind\":")?;
     let kind = kind_of(c.string()?).ok()?;
-    let vm_id = c.optional(",\"vm_id\":")?;
-    let snapshot_id = c.optional(",\"snapshot_id\":")?;
-    c.optional(",\"source_snapshot_id\":")?;
-    let reason = c.optional(",\"reason\":")?;
+    let vm_id = c.optional(b",\"vm_id\":")?;
+    let snapshot_id = c.optional(b",\"snapshot_id\":")?;
+    c.optional(b",\"source_snapshot_id\":")?;
+    let reason = c.optional(b",\"reason\":")?;
     if !reason.is_empty() && !reason_known(reason) {
         return None;
     }
-    let hypervisor = c.optional(",\"hypervisor\":")?;
-    c.literal(",\"shape\":{")?;
-    let mut shape = Shape::default();
-    let mut sep = "";
-    for (name, slot) in [
-        ("\"cpu\":", &mut shape.cpu),
-        ("\"mem_bytes\":", &mut shape.mem_bytes),
-        ("\"storage_bytes\":", &mut shape.storage_bytes),
-    ] {
-        let rest = c.rest();
-        if rest.starts_with(sep) && rest[sep.len()..].starts_with(name) {
-            c.at += sep.len() + name.len();
-            *slot = c.integer()?;
-            sep = ",";
-        }
-    }
-    c.literal("},\"emitted_at\":")?;
+    let hypervisor = c.optional(b",\"hypervisor\":")?;
+    c.literal(b",\"shape\":{")?;
+    // Each field is there only when non-zero, a comma before all but the
+    // first one given.
+    let mut given = false;
+    let shape = Shape {
+        cpu: c.shape_field(&mut given, b"\"cpu\":", b",\"cpu\":")?,
+        mem_bytes: c.shape_field(&mut given, b"\"mem_bytes\":", b",\"mem_bytes\":")?,
+        storage_bytes: c.shape_field(&mut given, b"\"storage_bytes\":", b",\"storage_bytes\":")?,
+    };
+    c.literal(b"},\"emitted_at\":")?;
     let emitted_at = rfc3339::unix_nanos(c.string()?)?;
-    c.optional(",\"id\":")?;
-    c.literal("}")?;
+    c.optional(b",\"id\":")?;
+    c.literal(b"}")?;
     if !c.rest().is_empty() {
         return None;
     }
@@ -166,19 +163,41 @@ impl<'a> Cursor<'a> {
         self.text.get(self.at..).unwrap_or("")
     }
 
-    fn literal(&mut self, lit: &str) -> Option<()> {
-        self.rest().starts_with(lit).then(|| self.at += lit.len())
+    fn has<const N: usize>(&self, lit: &[u8; N]) -> bool {
+        self.rest().as_bytes().first_chunk::<N>() == Some(lit)
+    }
+
+    fn literal<const N: usize>(&mut self, lit: &[u8; N]) -> Option<()> {
+        self.has(lit).then(|| self.at += N)
     }
 
     /// `prefix` and a string after it, or `""` when the line goes on with
     /// something else.
-    fn optional(&mut self, prefix: &str) -> Option<&'a str> {
-        if self.rest().starts_with(prefix) {
-            self.at += prefix.len();
+    fn optional<const N: usize>(&mut self, prefix: &[u8; N]) -> Option<&'a str> {
+        if self.has(prefix) {
+            self.at += N;
             self.string()
         } else {
             Some("")
         }
+    }
+
+    /// A shape field: `bare` (the first one given) or `comma` (a later
+    /// one) and an integer; 0 when the line goes on with something else.
+    fn shape_field<const N: usize, const M: usize>(
+        &mut self,
+        given: &mut bool,
+        bare: &[u8; N],
+        comma: &[u8; M],
+    ) -> Option<i64> {
+        let skip = match *given {
+            false if self.has(bare) => N,
+            true if self.has(comma) => M,
+            _ => return Some(0),
+        };
+        self.at += skip;
+        *given = true;
+        self.integer()
     }
 
     /// A string (the line has no escapes, so it ends at the next quote).
