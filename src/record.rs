@@ -150,12 +150,16 @@ impl std::error::Error for Invalid {}
 /// Converts a protobuf Timestamp within the range the JSON encoding can
 /// represent (years 0001..=9999), or `None`.
 pub fn timestamp_to_time(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
+    /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    if !SECONDS.contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
         return None;
     }
-    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
-    (1..=9999).contains(&t.year()).then_some(t)
+    // Seconds and nanoseconds apart: no 128-bit arithmetic on every metric.
+    OffsetDateTime::from_unix_timestamp(ts.seconds)
+        .ok()?
+        .replace_nanosecond(u32::try_from(ts.nanos).ok()?)
+        .ok()
 }
 
 /// The protobuf Timestamp of a time.

@@ -164,7 +164,11 @@ impl Check<'_> {
         }
         for (k, v) in &pb.labels {
             self.text("labels", k)?;
-            self.text(&format!("labels[{k:?}]"), v)?;
+            // The field name (with the key) is built only for the error.
+            self.text("", v).map_err(|e| Invalid {
+                field: format!("labels[{k:?}]"),
+                ..e
+            })?;
         }
         Ok(Metric {
             key: pb.key,
@@ -216,7 +220,16 @@ fn check_str(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
     }
     // Control characters would let one record masquerade as several in
     // line-oriented tools downstream; JSON escaping alone does not protect them.
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
+    // Checked on the bytes (C0 and DEL are single bytes, C1 is 0xC2 0x80..=0x9F
+    // in UTF-8), decoding characters only to name the one found.
+    let b = value.as_bytes();
+    let control = b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20 || c == 0x7f || (c == 0xc2 && matches!(b.get(i + 1), Some(0x80..=0x9f)))
+    });
+    if let Some(c) = control
+        .then(|| value.chars().find(|c| c.is_control()))
+        .flatten()
+    {
         return Err(Invalid::new(
             field,
             format!("contains control character U+{:04X}", c as u32),
@@ -242,4 +255,46 @@ fn unique_stamp(now: OffsetDateTime) -> OffsetDateTime {
         })
         .unwrap_or_else(|last| last);
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(next(prev))).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_str;
+    use crate::record::timestamp_to_time;
+
+    /// Years 0001 to 9999 and nanos 0 to 999,999,999, exactly.
+    #[test]
+    fn timestamps_at_the_edges_of_the_range() {
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        let rfc = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let first = timestamp_to_time(&ts(-62_135_596_800, 0)).unwrap();
+        assert_eq!(rfc(first), "0001-01-01T00:00:00Z");
+        let last = timestamp_to_time(&ts(253_402_300_799, 999_999_999)).unwrap();
+        assert_eq!(rfc(last), "9999-12-31T23:59:59.999999999Z");
+        let t = timestamp_to_time(&ts(1_795_665_220, 897_092_605)).unwrap();
+        assert_eq!(t.unix_timestamp_nanos(), 1_795_665_220_897_092_605);
+        for (s, n) in [
+            (-62_135_596_801, 999_999_999),
+            (253_402_300_800, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+            (i64::MIN, 0),
+            (i64::MAX, 0),
+        ] {
+            assert_eq!(timestamp_to_time(&ts(s, n)), None, "{s} {n}");
+        }
+    }
+
+    /// The byte scan finds exactly the characters `char::is_control` finds.
+    #[test]
+    fn control_characters_are_found_on_the_bytes() {
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+            let s = format!("a{c}b");
+            let found = check_str("f", &s, 64).is_err();
+            assert_eq!(found, c.is_control(), "U+{:04X}", c as u32);
+        }
+    }
 }

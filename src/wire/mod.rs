@@ -134,8 +134,8 @@ fn int(v: i64, out: &mut Vec<u8>) {
 fn time_value(t: OffsetDateTime, out: &mut Vec<u8>) {
     out.push(b'"');
     // The record types only hold times in years 1..=9999 (checked at the
-    // edge), which RFC 3339 can always represent.
-    if t.format_into(out, &Rfc3339).is_err() {
+    // edge), which the fast path always writes.
+    if !rfc3339::write_utc(t, out) && t.format_into(out, &Rfc3339).is_err() {
         out.extend_from_slice(b"0001-01-01T00:00:00Z");
     }
     out.push(b'"');

@@ -1,8 +1,65 @@
-//! A fast path for the RFC 3339 times of ledger lines, for scans that read
-//! millions of them. It handles the shape Go writes
+//! Fast paths for the RFC 3339 times of ledger lines. Reading: scans read
+//! millions of them; [`unix_nanos`] handles the shape Go writes
 //! (`2026-03-29T01:30:00.5Z`, or with a `±HH:MM` offset) and returns `None`
 //! for anything else, which callers then hand to the `time` crate's full
-//! parser: so every string gets exactly the `time` crate's answer.
+//! parser: so every string gets exactly the `time` crate's answer. Writing:
+//! every metric of a batch carries a time; [`write_utc`] writes Go's
+//! `RFC3339Nano` without the `time` crate's general formatter.
+
+use time::{OffsetDateTime, UtcOffset};
+
+/// Writes `t` as Go's `time.Time` marshals a UTC time: `YYYY-MM-DDTHH:MM:SS`,
+/// the nanoseconds with trailing zeros trimmed (none when zero), `Z`.
+/// Returns false, writing nothing, for a year outside 0..=9999.
+pub fn write_utc(t: OffsetDateTime, out: &mut Vec<u8>) -> bool {
+    let t = if t.offset() == UtcOffset::UTC {
+        t
+    } else {
+        t.to_offset(UtcOffset::UTC)
+    };
+    let (year, month, day) = t.to_calendar_date();
+    let Ok(year) = u32::try_from(year) else {
+        return false;
+    };
+    if year > 9999 {
+        return false;
+    }
+    let (hour, minute, second, nanos) = t.to_hms_nano();
+    let two = |n: u8| [b'0' + n / 10, b'0' + n % 10];
+    let y = [
+        b'0' + (year / 1000) as u8,
+        b'0' + (year / 100 % 10) as u8,
+        b'0' + (year / 10 % 10) as u8,
+        b'0' + (year % 10) as u8,
+    ];
+    let (mo, d, h, mi, s) = (
+        two(month as u8),
+        two(day),
+        two(hour),
+        two(minute),
+        two(second),
+    );
+    out.extend_from_slice(&[
+        y[0], y[1], y[2], y[3], b'-', mo[0], mo[1], b'-', d[0], d[1], b'T', h[0], h[1], b':',
+        mi[0], mi[1], b':', s[0], s[1],
+    ]);
+    if nanos != 0 {
+        let mut frac = [0u8; 10];
+        frac[0] = b'.';
+        let mut n = nanos;
+        for slot in frac[1..].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        let mut end = frac.len();
+        while frac[end - 1] == b'0' {
+            end -= 1;
+        }
+        out.extend_from_slice(&frac[..end]);
+    }
+    out.push(b'Z');
+    true
+}
 
 /// Unix nanoseconds of `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, or
 /// `None` when `s` is not in that shape or a field is out of range.
@@ -106,7 +163,44 @@ mod tests {
     use time::format_description::well_known::Rfc3339;
     use time::OffsetDateTime;
 
-    use super::unix_nanos;
+    use super::{unix_nanos, write_utc};
+
+    /// Go's format (what the `time` crate writes for UTC, which trims the
+    /// fraction the same way) for times across the whole range.
+    #[test]
+    fn writes_what_the_time_crate_writes() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let lo = OffsetDateTime::parse("0000-01-01T00:00:00Z", &Rfc3339)
+            .unwrap()
+            .unix_timestamp_nanos();
+        let hi = OffsetDateTime::parse("9999-12-31T23:59:59.999999999Z", &Rfc3339)
+            .unwrap()
+            .unix_timestamp_nanos();
+        let mut fixed = vec![lo, hi, 0, 1, 1_000_000_000, 1_795_665_220_897_092_605];
+        for _ in 0..200_000 {
+            let mut n = rng.i128(lo..=hi);
+            // Round fractions to whole units some of the time, so that
+            // trimming is exercised.
+            match rng.u8(..4) {
+                0 => n -= n.rem_euclid(1_000_000_000),
+                1 => n -= n.rem_euclid(1_000_000),
+                2 => n -= n.rem_euclid(100),
+                _ => {}
+            }
+            fixed.push(n);
+        }
+        for n in fixed {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(n).unwrap();
+            let mut out = Vec::new();
+            assert!(write_utc(t, &mut out));
+            assert_eq!(String::from_utf8(out).unwrap(), t.format(&Rfc3339).unwrap());
+        }
+        // An offset is written as the same instant in UTC.
+        let t = OffsetDateTime::parse("2026-03-29T03:30:00.5+02:00", &Rfc3339).unwrap();
+        let mut out = Vec::new();
+        assert!(write_utc(t, &mut out));
+        assert_eq!(out, b"2026-03-29T01:30:00.5Z");
+    }
 
     /// What the full parser says.
     fn full(s: &str) -> Option<i128> {
