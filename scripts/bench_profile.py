@@ -17,7 +17,7 @@ CATEGORIES = [
     ("kernel: scheduler, futex, wake-ups", r"^\[k\] .*(schedule|futex|finish_task_switch|spin_unlock_irqrestore|try_to_wake_up|ttwu|enqueue|dequeue|pick_next|wake|update_curr|idle)"),
     ("kernel: epoll", r"^\[k\] .*(epoll|ep_)"),
     ("kernel: other (syscall entry/exit, irq)", r"^\[k\] "),
-    ("libc: malloc/free", r"(malloc|_int_free|^\[\.\] free$|cfree|realloc|calloc|tcache|consolidate|unlink_chunk)"),
+    ("allocator: malloc/free (mimalloc, libc)", r"(malloc|_int_free|^\[\.\] free$|cfree|realloc|calloc|tcache|consolidate|unlink_chunk|^\[\.\] _?mi_)"),
     ("libc: memcpy/memmove/memset", r"(memmove|memcpy|memset|memcmp)"),
     ("HTTP/2 + hyper (h2, hyper, http)", r"(h2::|hyper|http::|httparse|hpack)"),
     ("tonic / tower / prost (gRPC framing, protobuf)", r"(tonic|tower|prost|tonic_prost)"),
