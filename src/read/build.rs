@@ -10,7 +10,7 @@ use crate::log::Summary;
 use crate::usage::{Fold, SeedError, UnixNanos};
 
 use super::checkpoint::{self, Blocks, Body, Meta, Pending};
-use super::{scan, ReadError, Source};
+use super::{pending, scan, ReadError, Source};
 
 /// How far a checkpoint's `before` trails the latest receive time of its
 /// segment, in nanoseconds: one hour. A record received after the segment
@@ -131,7 +131,8 @@ impl Checkpoints {
                 first = meta.first,
                 records = meta.count,
                 open = body.state.open.len(),
-                pending = body.pending.len(),
+                pending_listed = body.pending.listed.len(),
+                pending_from = ?body.pending.rest_from,
                 "usage checkpoint written"
             );
             known.insert(meta.first, meta);
@@ -174,32 +175,35 @@ fn build_one(
     let trailing = UnixNanos::from(received_max) - UnixNanos::from(SETTLE);
     let before = prior.map_or(trailing, |m| m.before.max(trailing));
     loop {
-        let (mut fold, pending_in, after) = match base.take() {
+        let (mut fold, carried, carried_before, after) = match base.take() {
             Some((i, body)) => {
                 let s = plan.segments[i];
+                let carried_before = body.state.before;
                 let fold = Fold::resume(body.state, before).map_err(stale_chain)?;
-                (fold, body.pending, s.first + s.count - 1)
+                (fold, body.pending, carried_before, s.first + s.count - 1)
             }
-            None => (Fold::new(before), Vec::new(), plan.from - 1),
+            None => (Fold::new(before), Pending::default(), before, plan.from - 1),
         };
-        let mut pending = Vec::new();
-        for p in pending_in {
-            // At or after the base's `before`: never stale.
-            fold.push_ref(p.position, p.entry()).map_err(stale_chain)?;
-            if p.emitted_at >= before {
-                pending.push(p);
+        let mut pending = Pending::default();
+        // The base's pending records, read back from the log: at or after
+        // the base's `before`, so never stale.
+        pending::entries(source, &carried, carried_before, after, |position, _, e| {
+            if e.emitted_at >= before {
+                pending.add(position);
             }
-        }
+            fold.push_ref(position, e)
+        })?
+        .map_err(stale_chain)?;
         let (mut min_emitted, mut max_emitted) = (UnixNanos::MAX, UnixNanos::MIN);
         let mut blocks = Blocks::default();
-        let scanned = scan::entries(source, after, last, |position, received, e| {
+        let scanned = scan::entries(source, after, last, |position, _, e| {
             if position >= seg.first {
                 min_emitted = min_emitted.min(e.emitted_at);
                 max_emitted = max_emitted.max(e.emitted_at);
                 blocks.note(position - seg.first, e.emitted_at);
             }
             if e.emitted_at >= before {
-                pending.push(Pending::of(position, received, e));
+                pending.add(position);
             }
             fold.push_ref(position, e)
         })?;
