@@ -243,7 +243,8 @@ fn read_fast_path_equals_the_full_fold() {
             check(&snap, true, &mut rng);
         }
     }
-    let summary = format!("fast path taken {seeded} times of {queries}, {skipped} segments and {skipped_blocks} records in blocks skipped, {restarts} restarts, active segment skipped {skipped_active} times; pending listed in {listed} checkpoints, ranged in {ranged}");
+    let windowed = super::build::WINDOWED.load(std::sync::atomic::Ordering::Relaxed);
+    let summary = format!("fast path taken {seeded} times of {queries}, {skipped} segments and {skipped_blocks} records in blocks skipped, {restarts} restarts, active segment skipped {skipped_active} times; pending listed in {listed} checkpoints, ranged in {ranged}; {windowed} builds folded in windows");
     eprintln!("{summary}");
     assert!(
         seeded > queries / 4
@@ -252,7 +253,8 @@ fn read_fast_path_equals_the_full_fold() {
             && skipped_active > 10
             && restarts > 5
             && listed > 50
-            && ranged > 50,
+            && ranged > 50
+            && windowed > 50,
         "{summary}"
     );
 }
