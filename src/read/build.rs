@@ -309,6 +309,11 @@ fn build_one(
     }
 }
 
+/// A window of time `[lo, hi)` to fold, with the segment's blocks and the
+/// latest `emitted_at` of each, so that the blocks without a record of the
+/// window are not read.
+type Window<'a> = (UnixNanos, UnixNanos, (&'a Blocks, &'a [UnixNanos]));
+
 /// What a build folds: the base's pending records (read back from the
 /// log), then every record after the base's segment up to `last`, the end
 /// of the segment starting at `first`.
@@ -338,7 +343,7 @@ impl Input<'_> {
     /// of the window.
     fn feed<E>(
         &self,
-        within: Option<(UnixNanos, UnixNanos, (&Blocks, &[UnixNanos]))>,
+        within: Option<Window<'_>>,
         mut f: impl FnMut(u64, EntryRef<'_>) -> Result<(), E>,
     ) -> Result<Result<(), E>, ReadError> {
         let carried = pending::entries(
@@ -425,7 +430,7 @@ impl Default for Samples {
 
 impl Samples {
     fn note(&mut self, at: UnixNanos) {
-        if self.seen % self.every == 0 {
+        if self.seen.is_multiple_of(self.every) {
             if self.at.len() == SAMPLES {
                 let mut i = 0;
                 self.at.retain(|_| {
@@ -434,7 +439,7 @@ impl Samples {
                 });
                 self.every *= 2;
             }
-            if self.seen % self.every == 0 {
+            if self.seen.is_multiple_of(self.every) {
                 self.at.push(at);
             }
         }
