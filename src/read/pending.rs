@@ -6,10 +6,11 @@ use crate::usage::{EntryRef, UnixNanos};
 use super::checkpoint::Pending;
 use super::{scan, ReadError, Source};
 
-/// Listed positions at most this far apart are read in one scan (the
-/// records between decoded and passed over) rather than each from a new
-/// reader, which seeks through the segment's receive times.
-const GAP: u64 = 256;
+/// Listed positions at most this far apart are read in one pass over the
+/// records between (passed over undecoded, a few milliseconds per 10,000),
+/// farther ones each from a new reader (which seeks by the segment's
+/// receive times, then line by line: a read of up to a commit group).
+const GAP: u64 = 1 << 20;
 
 /// Calls `f` for every pending record of a checkpoint with `before` whose
 /// segment ends at `last`, in position order. `f` may stop the scan by
@@ -30,15 +31,18 @@ pub fn entries<E>(
         }
         let run = &listed[i..j];
         let mut next = 0;
-        let scanned = scan::entries(
+        let want = |position: u64| {
+            let listed = run.get(next) == Some(&position);
+            next += usize::from(listed);
+            listed
+        };
+        let last_listed = run[run.len() - 1];
+        let scanned = scan::entries_where(
             source,
             a.saturating_sub(1),
-            run[run.len() - 1],
+            last_listed,
+            want,
             |position, received, e| {
-                if run.get(next) != Some(&position) {
-                    return Ok(());
-                }
-                next += 1;
                 // Listed because it is at or after `before`; a record that is
                 // not was folded into the state, and must not count twice.
                 if e.emitted_at < before {
