@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use crate::log::Summary;
-use crate::usage::{Fold, SeedError, UnixNanos};
+use crate::usage::{Checkpoint, EntryRef, Fold, SeedError, UnixNanos};
 
 use super::checkpoint::{self, Blocks, Body, Meta, Pending};
-use super::{scan, ReadError, Source};
+use super::{pending, scan, ReadError, Source};
 
 /// How far a checkpoint's `before` trails the latest receive time of its
 /// segment, in nanoseconds: one hour. A record received after the segment
@@ -131,7 +131,8 @@ impl Checkpoints {
                 first = meta.first,
                 records = meta.count,
                 open = body.state.open.len(),
-                pending = body.pending.len(),
+                pending_listed = body.pending.listed.len(),
+                pending_from = ?body.pending.rest_from,
                 "usage checkpoint written"
             );
             known.insert(meta.first, meta);
@@ -157,9 +158,38 @@ fn load(
         .ok()
 }
 
+/// Events a build's fold holds at most (about 90 bytes each with the
+/// vector's slack and the sort's copy at the end, so some 22 MiB). Beyond,
+/// it folds in windows of time (see [`build_one`]). Tests use a tiny
+/// budget, so that their small segments often take that path.
+#[cfg(not(test))]
+const FOLD_EVENTS: usize = 250_000;
+#[cfg(test)]
+const FOLD_EVENTS: usize = 4;
+/// Events per window: below [`FOLD_EVENTS`], since the windows are chosen
+/// from samples.
+const WINDOW_EVENTS: usize = FOLD_EVENTS * 3 / 4;
+/// Builds that folded in windows, for the tests to check that they did.
+#[cfg(test)]
+pub static WINDOWED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// `emitted_at` samples kept to choose the windows (16 bytes each).
+#[cfg(not(test))]
+const SAMPLES: usize = 64 * 1024;
+#[cfg(test)]
+const SAMPLES: usize = 4;
+
 /// Builds the checkpoint of segment `j` from the one of segment `j - 1`
 /// (`base`), or, when a record of segment `j` was emitted before that one's
 /// `before`, from an earlier one or from nothing.
+///
+/// Its memory is bounded whatever the segment: pending records are kept as
+/// positions (see [`Pending`]), and the fold holds at most [`FOLD_EVENTS`]
+/// events. When more records fold (the first start on one big segment of an
+/// earlier release, or a backlog delivered at once), the first pass drops
+/// its fold and samples their `emitted_at`; the build then folds them in
+/// consecutive windows of time of about [`WINDOW_EVENTS`] records, each one
+/// continuing the state of the one before ([`Fold::window`]) and reading
+/// only the blocks of the segment that hold records of its window.
 fn build_one(
     source: &dyn Source,
     plan: &Plan,
@@ -174,37 +204,86 @@ fn build_one(
     let trailing = UnixNanos::from(received_max) - UnixNanos::from(SETTLE);
     let before = prior.map_or(trailing, |m| m.before.max(trailing));
     loop {
-        let (mut fold, pending_in, after) = match base.take() {
+        let (state, carried, after) = match base.take() {
             Some((i, body)) => {
                 let s = plan.segments[i];
-                let fold = Fold::resume(body.state, before).map_err(stale_chain)?;
-                (fold, body.pending, s.first + s.count - 1)
+                (Some(body.state), body.pending, s.first + s.count - 1)
             }
-            None => (Fold::new(before), Vec::new(), plan.from - 1),
+            None => (None, Pending::default(), plan.from - 1),
         };
-        let mut pending = Vec::new();
-        for p in pending_in {
-            // At or after the base's `before`: never stale.
-            fold.push_ref(p.position, p.entry()).map_err(stale_chain)?;
-            if p.emitted_at >= before {
-                pending.push(p);
-            }
-        }
+        let carried_before = state.as_ref().map(|s| s.before);
+        let input = Input {
+            source,
+            carried: &carried,
+            carried_before: carried_before.unwrap_or(before),
+            after,
+            first: seg.first,
+            last,
+        };
+        // The base's state again for the windows, if they may be needed.
+        let spare = (input.bound() > FOLD_EVENTS as u64).then(|| state.clone());
+        let mut fold = Some(match state {
+            Some(s) => Fold::resume(s, before).map_err(stale_chain)?,
+            None => Fold::new(before),
+        });
+        let mut pending = Pending::default();
+        let mut samples = Samples::default();
         let (mut min_emitted, mut max_emitted) = (UnixNanos::MAX, UnixNanos::MIN);
         let mut blocks = Blocks::default();
-        let scanned = scan::entries(source, after, last, |position, received, e| {
-            if position >= seg.first {
-                min_emitted = min_emitted.min(e.emitted_at);
-                max_emitted = max_emitted.max(e.emitted_at);
-                blocks.note(position - seg.first, e.emitted_at);
+        // The latest `emitted_at` of each block, for the windows only.
+        let mut block_max: Vec<UnixNanos> = Vec::new();
+        let scanned = input.feed(None, |position, e| {
+            let at = e.emitted_at;
+            if let Some(index) = position.checked_sub(seg.first) {
+                min_emitted = min_emitted.min(at);
+                max_emitted = max_emitted.max(at);
+                blocks.note(index, at);
+                let b = usize::try_from(index / blocks.per).unwrap_or(usize::MAX);
+                match block_max.get_mut(b) {
+                    Some(m) => *m = (*m).max(at),
+                    None => block_max.push(at),
+                }
             }
-            if e.emitted_at >= before {
-                pending.push(Pending::of(position, received, e));
+            if let Some(b) = carried_before.filter(|&b| at < b) {
+                return Err(SeedError::Stale {
+                    position,
+                    at,
+                    before: b,
+                });
             }
-            fold.push_ref(position, e)
+            if at >= before {
+                pending.add(position);
+                return Ok(());
+            }
+            samples.note(at);
+            if let Some(f) = fold.as_mut() {
+                f.push_ref(position, e)?;
+                if f.held() > FOLD_EVENTS {
+                    fold = None;
+                }
+            }
+            Ok(())
         })?;
         match scanned {
             Ok(()) => {
+                let state = match (fold, spare) {
+                    (Some(f), _) => f.finish(),
+                    (None, Some(spare)) => {
+                        let ends = samples.ends(before);
+                        #[cfg(test)]
+                        WINDOWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(
+                            first = seg.first,
+                            windows = ends.len(),
+                            "usage checkpoint folded in windows"
+                        );
+                        let blocks = (&blocks, block_max.as_slice());
+                        input.windows(spare, &ends, blocks)?
+                    }
+                    (None, None) => {
+                        return Err(stale_chain(SeedError::NotFirst));
+                    }
+                };
                 let meta = Meta {
                     from: plan.from,
                     first: seg.first,
@@ -215,7 +294,6 @@ fn build_one(
                     received_max,
                     before,
                 };
-                let state = fold.finish();
                 return Ok((meta, blocks, Body { state, pending }));
             }
             Err(SeedError::Stale { at, .. }) => {
@@ -228,6 +306,157 @@ fn build_one(
             }
             Err(e) => return Err(stale_chain(e)),
         }
+    }
+}
+
+/// A window of time `[lo, hi)` to fold, with the segment's blocks and the
+/// latest `emitted_at` of each, so that the blocks without a record of the
+/// window are not read.
+type Window<'a> = (UnixNanos, UnixNanos, (&'a Blocks, &'a [UnixNanos]));
+
+/// What a build folds: the base's pending records (read back from the
+/// log), then every record after the base's segment up to `last`, the end
+/// of the segment starting at `first`.
+struct Input<'a> {
+    source: &'a dyn Source,
+    carried: &'a Pending,
+    carried_before: UnixNanos,
+    after: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Input<'_> {
+    /// At most how many records [`feed`](Self::feed) gives.
+    fn bound(&self) -> u64 {
+        let listed = self.carried.listed.len() as u64;
+        let ranged = self
+            .carried
+            .rest_from
+            .map_or(0, |f| (self.after + 1).saturating_sub(f));
+        listed + ranged + (self.last - self.after)
+    }
+
+    /// Calls `f` for every record, in position order; with `within` (a
+    /// window `[lo, hi)` and the segment's blocks with their earliest and
+    /// latest `emitted_at`), skips the segment's blocks that hold no record
+    /// of the window.
+    fn feed<E>(
+        &self,
+        within: Option<Window<'_>>,
+        mut f: impl FnMut(u64, EntryRef<'_>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, ReadError> {
+        let carried = pending::entries(
+            self.source,
+            self.carried,
+            self.carried_before,
+            self.after,
+            |position, _, e| f(position, e),
+        )?;
+        if carried.is_err() {
+            return Ok(carried);
+        }
+        let mut ranges = vec![(self.after, self.last)];
+        if let Some((lo, hi, (blocks, max))) = within {
+            ranges = vec![(self.after, self.first - 1)];
+            for (b, (&min, &max)) in (0u64..).zip(blocks.min_emitted.iter().zip(max)) {
+                if min >= hi || max < lo {
+                    continue;
+                }
+                let (a, z) = (
+                    self.first + b * blocks.per - 1,
+                    self.first + (b + 1) * blocks.per - 1,
+                );
+                match ranges.last_mut() {
+                    Some(r) if r.1 == a => r.1 = z.min(self.last),
+                    _ => ranges.push((a, z.min(self.last))),
+                }
+            }
+        }
+        for (a, z) in ranges {
+            let scanned = scan::entries(self.source, a, z, |position, _, e| f(position, e))?;
+            if scanned.is_err() {
+                return Ok(scanned);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// The state at the last of `ends` (ascending), from `base` (the base's
+    /// state, or nothing), folded one window of time at a time.
+    fn windows(
+        &self,
+        base: Option<Checkpoint>,
+        ends: &[UnixNanos],
+        blocks: (&Blocks, &[UnixNanos]),
+    ) -> Result<Checkpoint, ReadError> {
+        let mut state = base;
+        let mut lo = UnixNanos::MIN;
+        for &end in ends {
+            let mut fold = match state.take() {
+                Some(s) => {
+                    lo = s.before;
+                    Fold::window(s, end).map_err(stale_chain)?
+                }
+                None => Fold::new(end),
+            };
+            self.feed(Some((lo, end, blocks)), |position, e| {
+                fold.push_ref(position, e)
+            })?
+            .map_err(stale_chain)?;
+            state = Some(fold.finish());
+        }
+        state.ok_or_else(|| stale_chain(SeedError::NotFirst))
+    }
+}
+
+/// A sample of the `emitted_at` of the records a build folds: every
+/// `every`-th one, `every` doubling whenever [`SAMPLES`] are kept.
+struct Samples {
+    every: u64,
+    seen: u64,
+    at: Vec<UnixNanos>,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Samples {
+            every: 1,
+            seen: 0,
+            at: Vec::new(),
+        }
+    }
+}
+
+impl Samples {
+    fn note(&mut self, at: UnixNanos) {
+        if self.seen.is_multiple_of(self.every) {
+            if self.at.len() == SAMPLES {
+                let mut i = 0;
+                self.at.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+                self.every *= 2;
+            }
+            if self.seen.is_multiple_of(self.every) {
+                self.at.push(at);
+            }
+        }
+        self.seen += 1;
+    }
+
+    /// The ends of windows of about [`WINDOW_EVENTS`] records each, the
+    /// last one `before` (after every sample).
+    fn ends(mut self, before: UnixNanos) -> Vec<UnixNanos> {
+        self.at.sort_unstable();
+        let step = usize::try_from(WINDOW_EVENTS as u64 / self.every)
+            .unwrap_or(1)
+            .max(1);
+        let mut ends: Vec<UnixNanos> = self.at.iter().copied().skip(step).step_by(step).collect();
+        ends.push(before);
+        ends.dedup();
+        ends
     }
 }
 

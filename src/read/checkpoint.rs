@@ -10,11 +10,13 @@
 //! ([`Blocks`]: the earliest `emitted_at` of every [`BLOCK`] records of the
 //! segment, so that a query reads only the blocks that can change its
 //! answer) with its length and CRC, then the body's length, the body
-//! ([`Body`]: the open intervals and the pending records) and its CRC.
+//! ([`Body`]: the open intervals and the positions of the pending records)
+//! and its CRC.
 //! Integers are little-endian; strings are a u32 length and UTF-8 bytes.
 //!
 //! The magic names the version: a file of another version (`MTU1` had no
-//! block index) reads as missing, so it is rebuilt (or, in the `--ledger`
+//! block index, `MTU2` held copies of the pending records where `MTU3`
+//! holds their positions) reads as missing, so it is rebuilt (or, in the `--ledger`
 //! form, not used).
 
 use std::collections::BTreeMap;
@@ -22,10 +24,10 @@ use std::fs::File;
 use std::io::{self, Read as _, Seek as _};
 use std::path::Path;
 
-use crate::record::{Kind, Shape};
-use crate::usage::{Checkpoint, EntryRef, Family, OpenState, UnixNanos};
+use crate::record::Shape;
+use crate::usage::{Checkpoint, Family, OpenState, UnixNanos};
 
-const MAGIC: [u8; 4] = *b"MTU2";
+const MAGIC: [u8; 4] = *b"MTU3";
 /// Records per block of the block index: about ten minutes of a busy
 /// ledger's records, so skipping the blocks after a range wastes little
 /// reading, while the index stays small (16 bytes per block). Tests use
@@ -62,12 +64,12 @@ pub struct Meta {
 }
 
 /// The fold state at `before` of every record up to the segment's end, and
-/// those records with `emitted_at >= before`, which the state leaves out.
+/// which records have `emitted_at >= before` (the state leaves them out).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Body {
     pub state: Checkpoint,
-    /// In position order.
-    pub pending: Vec<Pending>,
+    /// The records it leaves out, by position.
+    pub pending: Pending,
 }
 
 /// The earliest `emitted_at` of each [`BLOCK`] records of a segment (the
@@ -104,74 +106,63 @@ impl Blocks {
     }
 }
 
-/// A record up to the segment's end with `emitted_at` at or after the
-/// checkpoint's `before`: what the engine needs of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which records up to the segment's end have `emitted_at` at or after the
+/// checkpoint's `before` (the "pending" ones, which the state leaves out):
+/// their positions, not copies. They are in the log already, and a reader
+/// reads them from there (see `crate::read::pending`); they are never
+/// pruned while the checkpoint is valid, since it folds every record from
+/// its `Meta::from`.
+///
+/// Under steady load nearly every record of the last hour is pending, so
+/// beyond [`MAX_LISTED`] positions the list gives way to a range: every
+/// record from `rest_from` to the segment's end whose `emitted_at` is at or
+/// after `before` is pending too. The list keeps the earlier ones (a record
+/// emitted far in the future stays pending from checkpoint to checkpoint
+/// without making every later one read the log from it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
-    pub position: u64,
-    pub received: i64,
-    pub kind: Kind,
-    /// The id it pairs by (`vm_id` or `snapshot_id`, after its kind).
-    pub id: String,
-    pub hypervisor: String,
-    pub shape: Shape,
-    pub emitted_at: UnixNanos,
+    /// Ascending, all before `rest_from` (when set).
+    pub listed: Vec<u64>,
+    pub rest_from: Option<u64>,
 }
+
+/// Positions a [`Pending`] lists at most (8 bytes each, in memory and in
+/// the file). Tests use a tiny list, so that their pending records often
+/// take the range form.
+#[cfg(not(test))]
+pub const MAX_LISTED: usize = 64 * 1024;
+#[cfg(test)]
+pub const MAX_LISTED: usize = 2;
 
 // === impl Pending ===
 
 impl Pending {
-    pub fn of(position: u64, received: i64, e: EntryRef<'_>) -> Pending {
-        let (family, _) = family_of(e.kind);
-        Pending {
-            position,
-            received,
-            kind: e.kind,
-            id: e.id(family).to_owned(),
-            hypervisor: e.hypervisor.to_owned(),
-            shape: e.shape,
-            emitted_at: e.emitted_at,
+    /// Adds the position of a pending record; positions come in ascending
+    /// order. Past [`MAX_LISTED`], the later half of the list becomes the
+    /// range, which then covers every later position.
+    pub fn add(&mut self, position: u64) {
+        if self.rest_from.is_some() {
+            return;
+        }
+        self.listed.push(position);
+        if self.listed.len() > MAX_LISTED {
+            let keep = self.listed.len() / 2;
+            self.rest_from = Some(self.listed[keep]);
+            self.listed.truncate(keep);
+            self.listed.shrink_to_fit();
         }
     }
 
-    /// The record as the engine takes it (the id in both id fields: the
-    /// kind decides which one is read).
-    pub fn entry(&self) -> EntryRef<'_> {
-        EntryRef {
-            kind: self.kind,
-            vm_id: &self.id,
-            snapshot_id: &self.id,
-            hypervisor: &self.hypervisor,
-            shape: self.shape,
-            emitted_at: self.emitted_at,
-        }
-    }
-}
-
-const KINDS: [Kind; 6] = [
-    Kind::VmComputeStart,
-    Kind::VmComputeStop,
-    Kind::VmStorageStart,
-    Kind::VmStorageStop,
-    Kind::SnapStorageStart,
-    Kind::SnapStorageStop,
-];
-
-fn family_of(kind: Kind) -> (Family, bool) {
-    match kind {
-        Kind::VmComputeStart => (Family::VmCompute, true),
-        Kind::VmComputeStop => (Family::VmCompute, false),
-        Kind::VmStorageStart => (Family::VmStorage, true),
-        Kind::VmStorageStop => (Family::VmStorage, false),
-        Kind::SnapStorageStart => (Family::SnapStorage, true),
-        Kind::SnapStorageStop => (Family::SnapStorage, false),
+    /// Whether no record is pending.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty() && self.rest_from.is_none()
     }
 }
 
 /// Writes a checkpoint so that a crash leaves the old file or the new one.
 /// Blocking.
 pub fn write(path: &Path, meta: &Meta, blocks: &Blocks, body: &Body) -> io::Result<()> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64 + body.pending.len() * 64);
+    let mut out = Vec::with_capacity(HEADER_LEN + 64 + body.pending.listed.len() * 8);
     out.extend_from_slice(&MAGIC);
     for v in [meta.from, meta.first, meta.count, meta.data_len] {
         out.extend_from_slice(&v.to_le_bytes());
@@ -200,15 +191,11 @@ pub fn write(path: &Path, meta: &Meta, blocks: &Blocks, body: &Body) -> io::Resu
         put_str(&mut b, &s.hypervisor);
         put_u64(&mut b, s.position);
     }
-    put_u64(&mut b, body.pending.len() as u64);
-    for p in &body.pending {
-        put_u64(&mut b, p.position);
-        b.extend_from_slice(&p.received.to_le_bytes());
-        b.push(KINDS.iter().position(|k| *k == p.kind).unwrap_or(0) as u8);
-        put_str(&mut b, &p.id);
-        put_str(&mut b, &p.hypervisor);
-        put_shape(&mut b, &p.shape);
-        b.extend_from_slice(&p.emitted_at.to_le_bytes());
+    // 0: no range (positions start at 1).
+    put_u64(&mut b, body.pending.rest_from.unwrap_or(0));
+    put_u64(&mut b, body.pending.listed.len() as u64);
+    for p in &body.pending.listed {
+        put_u64(&mut b, *p);
     }
     section(&mut out, &b);
     crate::log::write_atomically(path, &out)
@@ -283,7 +270,7 @@ pub fn read_body(path: &Path, meta: &Meta) -> io::Result<Body> {
         .ok_or_else(|| damaged(path, "implausible block index length"))?;
     f.seek(io::SeekFrom::Current(skip))?;
     let body = read_section(&mut f, path)?;
-    decode_body(&body, meta.before).ok_or_else(|| damaged(path, "undecodable body"))
+    decode_body(&body, meta).ok_or_else(|| damaged(path, "undecodable body"))
 }
 
 fn damaged(path: &Path, what: &str) -> io::Error {
@@ -321,7 +308,7 @@ fn read_section(f: &mut File, path: &Path) -> io::Result<Vec<u8>> {
     Ok(b)
 }
 
-fn decode_body(b: &[u8], before: UnixNanos) -> Option<Body> {
+fn decode_body(b: &[u8], meta: &Meta) -> Option<Body> {
     let mut r = Cursor(b);
     let n = r.u64()?;
     // Bounded by the bytes left, so a damaged count cannot reserve much.
@@ -340,23 +327,34 @@ fn decode_body(b: &[u8], before: UnixNanos) -> Option<Body> {
     // Written in key order, so this is the bulk build of a sorted sequence,
     // not one search per insert.
     let open: BTreeMap<_, _> = open.into_iter().collect();
+    // Every pending position lies in [meta.from, the segment's end], the
+    // listed ones ascending and before the range: anything else is damage
+    // (a reader would otherwise read records the checkpoint never meant).
+    let (lo, hi) = (meta.from, meta.first + meta.count.checked_sub(1)?);
+    let rest_from = match r.u64()? {
+        0 => None,
+        p => Some(Some(p).filter(|p| (lo..=hi).contains(p))?),
+    };
     let n = r.u64()?;
-    // Bounded by the bytes left, so a damaged count cannot reserve much.
-    let mut pending = Vec::with_capacity(usize::try_from(n).ok()?.min(b.len() / 32));
+    if n.checked_mul(8)? != r.0.len() as u64 {
+        return None;
+    }
+    let mut listed = Vec::with_capacity(usize::try_from(n).ok()?);
+    let mut floor = lo;
     for _ in 0..n {
-        pending.push(Pending {
-            position: r.u64()?,
-            received: r.i64()?,
-            kind: *KINDS.get(usize::from(r.u8()?))?,
-            id: r.string()?,
-            hypervisor: r.string()?,
-            shape: r.shape()?,
-            emitted_at: r.i128()?,
-        });
+        let p = r.u64()?;
+        if p < floor || p > hi || rest_from.is_some_and(|f| p >= f) {
+            return None;
+        }
+        listed.push(p);
+        floor = p + 1;
     }
     r.0.is_empty().then_some(Body {
-        state: Checkpoint { before, open },
-        pending,
+        state: Checkpoint {
+            before: meta.before,
+            open,
+        },
+        pending: Pending { listed, rest_from },
     })
 }
 
@@ -452,15 +450,10 @@ mod tests {
                 before: meta.before,
                 open,
             },
-            pending: vec![Pending {
-                position: 3,
-                received: 41,
-                kind: Kind::VmComputeStop,
-                id: "vm-1".into(),
-                hypervisor: String::new(),
-                shape: Shape::default(),
-                emitted_at: 1 << 69,
-            }],
+            pending: Pending {
+                listed: vec![1, 2],
+                rest_from: Some(3),
+            },
         };
         let blocks = Blocks {
             per: 2,
@@ -489,10 +482,55 @@ mod tests {
         // A file of the previous version (intact, with its own CRC) reads
         // as missing: it is rebuilt, never decoded with this layout.
         let mut old = bytes.clone();
-        old[..4].copy_from_slice(b"MTU1");
-        let crc = crc32fast::hash(&old[..HEADER_LEN - 4]);
-        old[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &old).unwrap();
-        assert_eq!(read_meta(&path), None);
+        for version in [b"MTU1", b"MTU2"] {
+            old[..4].copy_from_slice(version);
+            let crc = crc32fast::hash(&old[..HEADER_LEN - 4]);
+            old[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, &old).unwrap();
+            assert_eq!(read_meta(&path), None);
+        }
+
+        // Positions outside the segment's range, or out of order, are damage.
+        for pending in [
+            Pending {
+                listed: vec![2, 1],
+                rest_from: None,
+            },
+            Pending {
+                listed: vec![4],
+                rest_from: None,
+            },
+            Pending {
+                listed: vec![0],
+                rest_from: None,
+            },
+            Pending {
+                listed: vec![2],
+                rest_from: Some(2),
+            },
+            Pending {
+                listed: vec![],
+                rest_from: Some(4),
+            },
+        ] {
+            let bad = Body {
+                pending,
+                ..body.clone()
+            };
+            write(&path, &meta, &blocks, &bad).unwrap();
+            assert!(read_body(&path, &meta).is_err(), "{:?}", bad.pending);
+        }
+
+        let mut p = Pending::default();
+        for i in 1..=5 {
+            p.add(i);
+        }
+        assert_eq!(
+            p,
+            Pending {
+                listed: vec![1],
+                rest_from: Some(2)
+            }
+        );
     }
 }

@@ -17,9 +17,13 @@
 //!   received after the seal (clock skew between hosts, a short outage of a
 //!   forwarding sidecar) are still after it;
 //! - the engine's fold state at `before_k` of every record with position up
-//!   to the segment's end (`usage::Checkpoint`), plus those records whose
-//!   `emitted_at` is at or after `before_k` ("pending", about an hour of
-//!   records), which the state leaves out;
+//!   to the segment's end (`usage::Checkpoint`), plus the positions of those
+//!   records whose `emitted_at` is at or after `before_k` ("pending", about
+//!   an hour of records), which the state leaves out: a list, and beyond
+//!   64 Ki of them, a position from which every such record is pending
+//!   ([`checkpoint::Pending`]). The records themselves are read back from
+//!   the log, which holds them while the checkpoint is valid (see `from`
+//!   below), so neither the file nor a builder's memory grows with them;
 //! - the segment's `emitted_at` range and the latest receive time so far;
 //! - a block index: the earliest `emitted_at` of every
 //!   [`checkpoint::BLOCK`] records of the segment.
@@ -27,12 +31,12 @@
 //! A query chooses the latest checkpoint `k` with `before_k <= start`,
 //! received entirely at or before `as_of` (when set), and no later sealed
 //! segment holding a record emitted before `before_k`. It seeds the engine
-//! with the state, pushes the pending records, then the records after the
-//! segment, skipping every later sealed segment whose earliest `emitted_at`
-//! is after `end` (the engine ignores such records anyway), and, in a
-//! segment that holds records from both sides of `end`, every block whose
-//! earliest `emitted_at` is after it. A record after
-//! the segment emitted before `before_k` (a late one in the active file)
+//! with the state, reads and pushes the pending records, then the records
+//! after the segment, skipping every later sealed segment whose earliest
+//! `emitted_at` is after `end` (the engine ignores such records anyway),
+//! and, in a segment that holds records from both sides of `end`, every
+//! block whose earliest `emitted_at` is after it. A record after the
+//! segment emitted before `before_k` (a late one in the active file)
 //! makes the engine refuse the checkpoint (`SeedError::Stale`); the query
 //! then starts again from an earlier checkpoint, or from nothing.
 //!
@@ -64,6 +68,7 @@ use crate::log::{Log, LogReader, SeekError, Snapshot, Summary};
 
 pub mod build;
 pub mod checkpoint;
+mod pending;
 mod scan;
 pub mod tail;
 pub mod usage;

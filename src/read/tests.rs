@@ -9,6 +9,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use super::build::Checkpoints;
+use super::checkpoint;
 use super::usage::answer;
 use super::Source;
 use crate::log::testing::write_segment;
@@ -172,6 +173,8 @@ fn read_fast_path_equals_the_full_fold() {
     // How often the fast path was taken, skipped segments, and restarted.
     let (mut seeded, mut skipped, mut restarts, mut queries) = (0, 0, 0, 0);
     let (mut skipped_active, mut skipped_blocks) = (0, 0);
+    // Checkpoints whose pending records are listed, and those with a range.
+    let (mut listed, mut ranged) = (0, 0);
     for seed in 0..30u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let dir = tempfile::tempdir().unwrap();
@@ -184,8 +187,16 @@ fn read_fast_path_equals_the_full_fold() {
             // One store, as a server keeps: what a query learns of the
             // active segment serves the next.
             let store = Checkpoints::new();
-            for _ in 0..15 {
+            for i in 0..15 {
                 let plan = store.plan(source, build).unwrap();
+                if build && i == 0 {
+                    for m in plan.metas.iter().flatten() {
+                        let path = source.checkpoint_path(m.first);
+                        let body = checkpoint::read_body(&path, m).unwrap();
+                        listed += usize::from(!body.pending.listed.is_empty());
+                        ranged += usize::from(body.pending.rest_from.is_some());
+                    }
+                }
                 let q = random_query(rng, span.max(HOUR));
                 let got = answer(source, &plan, &q, upto).unwrap();
                 if let Some(a) = got.active {
@@ -232,14 +243,18 @@ fn read_fast_path_equals_the_full_fold() {
             check(&snap, true, &mut rng);
         }
     }
-    let summary = format!("fast path taken {seeded} times of {queries}, {skipped} segments and {skipped_blocks} records in blocks skipped, {restarts} restarts, active segment skipped {skipped_active} times");
+    let windowed = super::build::WINDOWED.load(std::sync::atomic::Ordering::Relaxed);
+    let summary = format!("fast path taken {seeded} times of {queries}, {skipped} segments and {skipped_blocks} records in blocks skipped, {restarts} restarts, active segment skipped {skipped_active} times; pending listed in {listed} checkpoints, ranged in {ranged}; {windowed} builds folded in windows");
     eprintln!("{summary}");
     assert!(
         seeded > queries / 4
             && skipped > 500
             && skipped_blocks > 50
             && skipped_active > 10
-            && restarts > 5,
+            && restarts > 5
+            && listed > 50
+            && ranged > 50
+            && windowed > 50,
         "{summary}"
     );
 }

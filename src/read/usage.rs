@@ -8,7 +8,7 @@ use crate::usage::{Query, Report, SeedError, UnixNanos, Usage};
 
 use super::build::{ActiveStats, Plan};
 use super::checkpoint;
-use super::{scan, ReadError, Source};
+use super::{pending, scan, ReadError, Source};
 
 /// How a query was answered (for logs, tests and the benchmark).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,15 +99,21 @@ pub fn answer(
                 }
             };
             usage.seed(body.state).map_err(inconsistent)?;
-            for p in &body.pending {
-                // Pending records are at or after `before`: never stale.
-                usage
-                    .push_ref(p.position, UnixNanos::from(p.received), p.entry())
-                    .map_err(inconsistent)?;
-            }
-            stats.records = body.pending.len() as u64;
-            stats.checkpoint = Some(meta.first);
             after = meta.first + meta.count - 1;
+            // Pending records are at or after `before`: never stale.
+            let records = &mut stats.records;
+            pending::entries(
+                source,
+                &body.pending,
+                meta.before,
+                after,
+                |position, received, e| {
+                    *records += 1;
+                    usage.push_ref(position, UnixNanos::from(received), e)
+                },
+            )?
+            .map_err(inconsistent)?;
+            stats.checkpoint = Some(meta.first);
         }
         stats.skipped_active = 0;
         let mut ranges: Vec<(u64, u64)> = Vec::new();

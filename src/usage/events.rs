@@ -333,6 +333,11 @@ impl<T> Groups<T> {
         self.oldest = 0;
     }
 
+    /// Events pushed so far.
+    pub fn pushed(&self) -> usize {
+        self.events.len() + self.queue.len()
+    }
+
     /// Makes room for `more` ids of `family` (a checkpoint's, before it
     /// seeds them).
     pub fn reserve(&mut self, family: Family, more: usize) {

@@ -233,6 +233,40 @@ fn usage_checkpoints_advance_incrementally() {
 }
 
 #[test]
+fn usage_checkpoints_fold_in_windows() {
+    for seed in 0..SEEDS {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let recs = ledger(&mut rng, base());
+        let before = base() + i128::from(rng.i64(0..3 * 86_400)) * SEC;
+        let fold_all = |mut fold: Fold| {
+            for r in &recs {
+                fold.push(r.position, &r.entry).unwrap();
+            }
+            fold
+        };
+        let direct = fold_all(Fold::new(before)).finish();
+        // Random window ends, some equal to records' times, some repeated.
+        let mut ends: Vec<i128> = (0..rng.usize(0..6))
+            .map(|_| match rng.u8(..3) {
+                0 if !recs.is_empty() => recs[rng.usize(..recs.len())]
+                    .entry
+                    .emitted_at
+                    .unix_timestamp_nanos()
+                    .min(before),
+                _ => before - i128::from(rng.i64(0..3 * 86_400)) * SEC,
+            })
+            .collect();
+        ends.sort_unstable();
+        ends.push(before);
+        let mut state = fold_all(Fold::new(ends[0])).finish();
+        for &end in &ends[1..] {
+            state = fold_all(Fold::window(state, end).unwrap()).finish();
+        }
+        assert_eq!(state, direct, "seed {seed}, windows ending {ends:?}");
+    }
+}
+
+#[test]
 fn usage_a_stale_checkpoint_is_refused() {
     let t0 = t("2026-05-01T10:00:00Z");
     let checkpoint = Checkpoint {
