@@ -35,6 +35,7 @@ mod lines;
 mod names;
 mod open;
 mod reader;
+mod recover;
 mod seal;
 mod segment;
 mod snapshot;
