@@ -198,6 +198,33 @@ impl ActiveKeys {
             })
             .collect()
     }
+
+    /// [`entries`](Self::entries), emptying the tables one by one as it
+    /// goes, so that a seal never holds all of them and all the entries at
+    /// once.
+    pub fn take_entries(&mut self, commits: &[Commit]) -> Vec<KeyEntry> {
+        let received = |offset| times::received_at_offset(commits, offset).unwrap_or(0);
+        let mut out = Vec::with_capacity(self.len());
+        for shard in self.shards.iter_mut() {
+            let table = std::mem::take(shard);
+            out.extend(table.into_iter().map(|s| KeyEntry {
+                hash: s.hash(),
+                offset: s.offset(),
+                received: received(s.offset()),
+            }));
+        }
+        let rest = std::mem::take(&mut self.far).into_iter().chain(
+            std::mem::take(&mut self.collided)
+                .into_iter()
+                .map(|(k, o)| (keys::hash(&k), o)),
+        );
+        out.extend(rest.map(|(hash, offset)| KeyEntry {
+            hash,
+            offset,
+            received: received(offset),
+        }));
+        out
+    }
 }
 
 /// Whether the line at hand holds `key`. An unreadable line holds no key.
@@ -377,6 +404,14 @@ mod tests {
             .map(|e| (e.hash, e.offset))
             .collect();
         listed.sort_unstable();
+        let mut taken: Vec<(u64, u64)> = keys
+            .take_entries(&[])
+            .into_iter()
+            .map(|e| (e.hash, e.offset))
+            .collect();
+        taken.sort_unstable();
+        assert_eq!(taken, listed);
+        assert_eq!(keys.len(), 0);
         assert_eq!(
             listed,
             vec![

@@ -52,12 +52,12 @@ impl Writer {
             return Ok(());
         }
         let (first, count, len) = (st.active.first, st.active.count, st.active.len);
+        // Read, not copied: only this thread changes them.
         let commits = st
             .meta
             .commits
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .unwrap_or_else(PoisonError::into_inner);
         let summary = Summary {
             first,
             count,
@@ -66,10 +66,14 @@ impl Writer {
             received_max: commits.last().map_or(0, |c| c.received),
             tail_hash: keys::tail_hash(&st.active.data, len)?,
         };
-        let mut entries = st.active.keys.entries(&commits);
+        // Taken: from here on, an error goes through `failed`, which drops
+        // the active segment's state and rebuilds it from the disk.
+        let mut entries = st.active.keys.take_entries(&commits);
+        drop(commits);
         // Derived and written first: a crash before the renames below leaves
         // an index without data, which the next open deletes.
         keys::write(&names.sealed(first, KEYS), &summary, &mut entries)?;
+        drop(entries);
         sync_dir(&names.dir)?;
         // The times file moves first, then the data: an open that finds the
         // newest segment's times without its data finishes the rename.
