@@ -27,6 +27,10 @@ pub struct Record {
 pub enum Body {
     Entry(Entry),
     Batch(MetricBatch),
+    /// A batch whose structured form was dropped at the edge because no
+    /// sink reads it (`Sink::needs_body`): its line is the record, and
+    /// [`Record::batch_body`] decodes it again if asked.
+    BatchLine,
 }
 
 impl std::fmt::Debug for Record {
@@ -84,6 +88,31 @@ impl Record {
     pub fn is_entry(&self) -> bool {
         matches!(self.body, Body::Entry(_))
     }
+
+    /// The record with a batch's structured form dropped (an entry's is
+    /// kept: it is small). Decoding a batch allocates a string per field,
+    /// label and metric; freeing them here, on the thread that decoded
+    /// them, rather than wherever the last reference to the record ends,
+    /// is a tenth of SubmitBatch's CPU with mimalloc.
+    pub fn without_body(mut self) -> Record {
+        if matches!(self.body, Body::Batch(_)) {
+            self.body = Body::BatchLine;
+        }
+        self
+    }
+
+    /// A batch record's structured form, decoded from its line if it was
+    /// dropped; `None` for an entry, or a line that does not decode (never
+    /// for a line encoded here).
+    pub fn batch_body(&self) -> Option<std::borrow::Cow<'_, MetricBatch>> {
+        match &self.body {
+            Body::Batch(b) => Some(std::borrow::Cow::Borrowed(b)),
+            Body::BatchLine => crate::wire::decode_batch(&self.line)
+                .ok()
+                .map(std::borrow::Cow::Owned),
+            Body::Entry(_) => None,
+        }
+    }
 }
 
 /// The key of an entry without an `id`: `h-` and 32 hex digits of the
@@ -119,5 +148,44 @@ impl LogRecord for Record {
 
     fn line(&self) -> &[u8] {
         &self.line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::record::Metric;
+
+    #[test]
+    fn a_batch_without_its_body_keeps_its_line_and_key_and_decodes_back() {
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_676_400_123_456_789)
+            .expect("a valid time");
+        let batch = MetricBatch {
+            uuid: "b-1".into(),
+            model_uuid: "m-1".into(),
+            model_name: "prod".into(),
+            unit_name: "app/0".into(),
+            charm_url: "ch:amd64/app-1".into(),
+            created: at,
+            metrics: vec![Metric {
+                key: "cpu \"ms\"".into(),
+                value: "12.5".into(),
+                time: at,
+                labels: BTreeMap::from([("db".into(), "main".into())]),
+            }],
+            credentials: b"secret".to_vec(),
+            reseller_credentials: Vec::new(),
+            sla_credentials: Vec::new(),
+        };
+        let full = Record::batch(batch.clone());
+        let lean = full.clone().without_body();
+        assert!(matches!(lean.body, Body::BatchLine));
+        assert_eq!(lean.line, full.line);
+        assert_eq!(lean.key, full.key);
+        assert!(!lean.is_entry());
+        assert_eq!(lean.batch_body().as_deref(), Some(&batch));
+        assert_eq!(full.batch_body().as_deref(), Some(&batch));
     }
 }

@@ -126,13 +126,18 @@ async fn start(
             limits,
             now: OffsetDateTime::now_utc(),
         };
+        let keep_bodies = shared.sink.needs_body();
         for (i, pb) in req.batches.into_iter().enumerate() {
             let (uuid, model_uuid) = (pb.uuid.clone(), pb.model_uuid.clone());
             match check.batch(pb) {
                 Ok(batch) => {
                     tracing::debug!(uuid = %batch.uuid, model_uuid = %batch.model_uuid, unit = %batch.unit_name, metrics = batch.metrics.len(), "batch accepted");
                     accepted.push((i, uuid, model_uuid));
-                    records.push(Record::batch(batch));
+                    let record = Record::batch(batch);
+                    records.push(match keep_bodies {
+                        true => record,
+                        false => record.without_body(),
+                    });
                 }
                 Err(invalid) => {
                     tracing::debug!(%uuid, %invalid, "batch rejected");

@@ -45,6 +45,10 @@ impl Sink for Fanout {
         &self.name
     }
 
+    fn needs_body(&self) -> bool {
+        self.sinks.iter().any(|s| s.needs_body())
+    }
+
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
         let calls: Vec<_> = self
             .sinks

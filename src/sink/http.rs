@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::forward::{ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
 use super::verdict::Failure;
-use super::{Body, MeterStatus, Record, Relay};
+use super::{MeterStatus, Record, Relay};
 use crate::metrics::{metrics, SinkLabels};
 
 /// Consecutive failed sends after which the status turns AMBER.
@@ -199,9 +199,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl Upstream for HttpUpstream {
     fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture {
-        let batches = records
-            .first()
-            .is_some_and(|r| matches!(r.body, Body::Batch(_)));
+        let batches = records.first().is_some_and(|r| !r.is_entry());
         if !batches {
             let Some(url) = self.entries_url.clone() else {
                 return Box::pin(async {

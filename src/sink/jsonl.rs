@@ -42,6 +42,11 @@ impl Sink for JsonlSink {
         "jsonl"
     }
 
+    /// Writes lines only.
+    fn needs_body(&self) -> bool {
+        false
+    }
+
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
         let (entries, batches): (Vec<usize>, Vec<usize>) =
             (0..records.len()).partition(|&i| records[i].is_entry());

@@ -50,6 +50,14 @@ pub trait Sink: Send + Sync + 'static {
     /// be written), exactly like a lost reply.
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>>;
 
+    /// Whether this sink reads a batch's structured form ([`Body::Batch`])
+    /// rather than only its line. When no sink does, the edge drops it as
+    /// soon as the line is encoded (see [`Record::without_body`]), on the
+    /// thread that decoded it. Default: it does.
+    fn needs_body(&self) -> bool {
+        true
+    }
+
     /// Reopens files by path (after a log rotation renamed them). Default: nothing to do.
     fn reopen(&self) -> SinkFuture<()> {
         Box::pin(async { Ok(()) })

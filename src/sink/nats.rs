@@ -219,11 +219,15 @@ impl NatsUpstream {
                 "vm_id" => &e.vm_id,
                 _ => "",
             }),
-            Body::Batch(b) => self.batches.render(&|name| match name {
-                "model_uuid" => &b.model_uuid,
-                "unit" => &b.unit_name,
-                _ => "",
-            }),
+            Body::Batch(_) | Body::BatchLine => {
+                let b = record.batch_body();
+                let b = b.as_deref();
+                self.batches.render(&|name| match (name, b) {
+                    ("model_uuid", Some(b)) => &b.model_uuid,
+                    ("unit", Some(b)) => &b.unit_name,
+                    _ => "",
+                })
+            }
         }
     }
 }

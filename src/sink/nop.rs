@@ -13,6 +13,11 @@ impl Sink for NopSink {
         "nop"
     }
 
+    /// Writes lines only.
+    fn needs_body(&self) -> bool {
+        false
+    }
+
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
         let outcomes = all_written(&records);
         Box::pin(async move { Ok(outcomes) })

@@ -61,6 +61,11 @@ impl Sink for StderrSink {
         "stderr"
     }
 
+    /// Writes lines only.
+    fn needs_body(&self) -> bool {
+        false
+    }
+
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
         let outcomes = all_written(&records);
         let (reply, done) = oneshot::channel();

@@ -209,13 +209,14 @@ impl Sink for ForwardSink {
         &self.name
     }
 
+    /// A spool keeps lines and reads them back whole; only pass-through
+    /// hands the records themselves to the upstream.
+    fn needs_body(&self) -> bool {
+        self.spooled.is_none()
+    }
+
     fn submit(&self, records: Arc<[Record]>) -> SinkFuture<Vec<Outcome>> {
-        if !self.upstream.takes_entries()
-            && matches!(
-                records.first().map(|r| &r.body),
-                Some(super::Body::Entry(_))
-            )
-        {
+        if !self.upstream.takes_entries() && records.first().is_some_and(Record::is_entry) {
             // Checked at start-up: another sink keeps the entries.
             let outcomes = super::all_written(&records);
             return Box::pin(async move { Ok(outcomes) });
@@ -267,9 +268,9 @@ impl Sink for ForwardSink {
         }
         let labels = ForwardLabels {
             sink: self.name.clone(),
-            stream: match records.first().map(|r| &r.body) {
-                Some(super::Body::Batch(_)) => Stream::Batches.name(),
-                _ => Stream::Entries.name(),
+            stream: match records.first().is_some_and(|r| !r.is_entry()) {
+                true => Stream::Batches.name(),
+                false => Stream::Entries.name(),
             },
         };
         let write = s.writer.submit(records);

@@ -119,10 +119,7 @@ impl GrpcUpstream {
         let mut client = self.client.clone();
         let batches: Vec<pb::MetricBatch> = records
             .iter()
-            .filter_map(|r| match &r.body {
-                Body::Batch(b) => Some(pb::MetricBatch::from(b)),
-                Body::Entry(_) => None,
-            })
+            .filter_map(|r| r.batch_body().map(|b| pb::MetricBatch::from(&*b)))
             .collect();
         let uuids: Vec<(String, String)> = batches
             .iter()
@@ -174,7 +171,7 @@ impl GrpcUpstream {
                     entry.id = delivery_id(r);
                     Some(entry)
                 }
-                Body::Batch(_) => None,
+                Body::Batch(_) | Body::BatchLine => None,
             })
             .collect();
         if self.no_emit_batch.load(Ordering::Relaxed) {
@@ -267,9 +264,9 @@ impl GrpcUpstream {
 
 impl Upstream for GrpcUpstream {
     fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture {
-        match records.first().map(|r| &r.body) {
-            Some(Body::Batch(_)) => self.deliver_batches(&records),
-            _ => self.deliver_entries(&records),
+        match records.first().is_some_and(|r| !r.is_entry()) {
+            true => self.deliver_batches(&records),
+            false => self.deliver_entries(&records),
         }
     }
 
