@@ -19,14 +19,13 @@ use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use super::bloom::Bloom;
+
 const MAGIC: &[u8; 8] = b"MTRKEYS1";
 const HEADER: usize = 96;
 /// Keys per fence block: one read of 3 KiB per filter hit.
 const FENCE: usize = 128;
 const ENTRY: usize = 24;
-/// About 1% false positives with 6 probes in one 512-bit block.
-const BITS_PER_KEY: u64 = 10;
-const PROBES: u32 = 6;
 
 /// The stable 64-bit hash of a dedupe key. Stored on disk: never change it.
 pub(crate) fn hash(key: &str) -> u64 {
@@ -99,7 +98,7 @@ pub(crate) fn write(path: &Path, summary: &Summary, keys: &mut [KeyEntry]) -> io
     h[32..40].copy_from_slice(&summary.received_min.to_le_bytes());
     h[40..48].copy_from_slice(&summary.received_max.to_le_bytes());
     h[48..56].copy_from_slice(&(keys.len() as u64).to_le_bytes());
-    h[56..64].copy_from_slice(&(bloom.blocks.len() as u64).to_le_bytes());
+    h[56..64].copy_from_slice(&(bloom.block_count() as u64).to_le_bytes());
     h[64..72].copy_from_slice(&summary.tail_hash.to_le_bytes());
     h[72..76].copy_from_slice(&(FENCE as u32).to_le_bytes());
     h[76..80].copy_from_slice(&crc32fast::hash(&bloom_bytes).to_le_bytes());
@@ -275,7 +274,7 @@ impl KeyIndex {
 
     /// Bytes held in memory.
     pub fn resident_bytes(&self) -> usize {
-        self.bloom.blocks.len() * 64 + self.fences.len() * 16
+        self.bloom.block_count() * 64 + self.fences.len() * 16
     }
 
     /// Candidates for `hash`: `(offset, received)` of every record whose key
@@ -315,68 +314,6 @@ impl KeyIndex {
             block += 1;
         }
         Ok(found)
-    }
-}
-
-/// A blocked Bloom filter: every probe of a key lands in one 64-byte block,
-/// so a negative answer costs one cache miss. Written by hand because its
-/// bytes are part of the on-disk format and must never change with a crate.
-struct Bloom {
-    blocks: Vec<[u64; 8]>,
-}
-
-impl Bloom {
-    fn build(hashes: impl Iterator<Item = u64>, n: u64) -> Bloom {
-        let blocks = (n * BITS_PER_KEY).div_ceil(512).max(1);
-        let mut bloom = Bloom {
-            blocks: vec![[0u64; 8]; usize::try_from(blocks).unwrap_or(1)],
-        };
-        for h in hashes {
-            let (b, bits) = bloom.probes(h);
-            for bit in bits {
-                bloom.blocks[b][(bit / 64) as usize] |= 1 << (bit % 64);
-            }
-        }
-        bloom
-    }
-
-    /// The block of `h` and the bits within it.
-    fn probes(&self, h: u64) -> (usize, impl Iterator<Item = u32>) {
-        // The high half picks the block (multiply-shift, no modulo bias);
-        // a remix of the whole hash gives six 9-bit positions.
-        let b = ((h >> 32) * self.blocks.len() as u64) >> 32;
-        let mix = (h ^ (h >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (
-            b as usize,
-            (0..PROBES).map(move |i| ((mix >> (i * 9)) & 511) as u32),
-        )
-    }
-
-    fn may_contain(&self, h: u64) -> bool {
-        let (b, mut bits) = self.probes(h);
-        let block = &self.blocks[b];
-        bits.all(|bit| block[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        self.blocks
-            .iter()
-            .flat_map(|b| b.iter().flat_map(|w| w.to_le_bytes()))
-            .collect()
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Bloom {
-        let blocks = bytes
-            .chunks_exact(64)
-            .map(|c| {
-                let mut b = [0u64; 8];
-                for (w, s) in b.iter_mut().zip(c.chunks_exact(8)) {
-                    *w = u64::from_le_bytes(s.try_into().unwrap_or_default());
-                }
-                b
-            })
-            .collect();
-        Bloom { blocks }
     }
 }
 

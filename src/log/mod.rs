@@ -27,6 +27,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 mod active;
+mod active_keys;
+mod bloom;
 #[doc(hidden)]
 pub mod fuzz;
 mod index;
