@@ -167,21 +167,27 @@ async fn start(
 async fn finish(shared: &Shared, mut in_flight: InFlight) -> Result<SubmitBatchResponse, Status> {
     let mut env_responses: BTreeMap<String, EnvResponse> = BTreeMap::new();
     let mut new_grace_period = None;
+    // Counted once per request: a labelled counter's lookup hashes and
+    // compares its labels, 4.5 % of SubmitBatch's CPU when done per batch.
+    let (mut written, mut duplicates) = (0u64, 0u64);
     if let Some(write) = in_flight.write {
         let outcomes = write.await.map_err(|e| Status::from(Error::Sink(e)))?;
         // Written and duplicate batches are both acknowledged: a re-sent
         // batch must be acked again so that its sender can forget it.
         for ((index, uuid, model_uuid), outcome) in in_flight.accepted.into_iter().zip(outcomes) {
-            if let Outcome::Rejected(why) = outcome {
-                // A pass-through upstream refused it: reported like a batch
-                // that broke a rule here.
-                count_rejected("upstream");
-                in_flight
-                    .rejected
-                    .push(rejection(index, uuid, model_uuid, why.to_string()));
-                continue;
+            match outcome {
+                Outcome::Written => written += 1,
+                Outcome::Duplicate => duplicates += 1,
+                Outcome::Rejected(why) => {
+                    // A pass-through upstream refused it: reported like a
+                    // batch that broke a rule here.
+                    count_rejected("upstream");
+                    in_flight
+                        .rejected
+                        .push(rejection(index, uuid, model_uuid, why.to_string()));
+                    continue;
+                }
             }
-            count_accepted(&outcome);
             let env = env_responses.entry(model_uuid).or_insert_with_key(|model| {
                 // Statuses from a collector upstream, relayed as a Juju
                 // controller would.
@@ -215,6 +221,7 @@ async fn finish(shared: &Shared, mut in_flight: InFlight) -> Result<SubmitBatchR
             }
         }
     }
+    count_accepted(written, duplicates);
     Ok(SubmitBatchResponse {
         uuid: uuid::Uuid::new_v4().to_string(),
         env_responses,
@@ -226,23 +233,24 @@ async fn finish(shared: &Shared, mut in_flight: InFlight) -> Result<SubmitBatchR
     })
 }
 
-fn count_accepted(outcome: &Outcome) {
+/// Counts the batches of one request that were written and those that
+/// were duplicates.
+fn count_accepted(written: u64, duplicates: u64) {
     let m = metrics();
-    match outcome {
-        Outcome::Written => m
-            .accepted
+    if written > 0 {
+        m.accepted
             .get_or_create(&RecordLabels {
                 r#type: "batch",
                 kind: "",
                 reason: "",
             })
-            .inc(),
-        Outcome::Duplicate => m
-            .duplicates
+            .inc_by(written);
+    }
+    if duplicates > 0 {
+        m.duplicates
             .get_or_create(&TypeLabels { r#type: "batch" })
-            .inc(),
-        Outcome::Rejected(_) => return,
-    };
+            .inc_by(duplicates);
+    }
 }
 
 /// Counts a rejected batch under its field, with indexes dropped.
