@@ -132,11 +132,12 @@ pub fn content_key(line: &[u8]) -> Box<str> {
         hasher.update(b"\n");
     }
     let digest = hasher.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut key = String::with_capacity(2 + 32);
     key.push_str("h-");
     for b in &digest[..16] {
-        // Writing to a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut key, format_args!("{b:02x}"));
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 15)]));
     }
     key.into()
 }
@@ -157,6 +158,14 @@ mod tests {
 
     use super::*;
     use crate::record::Metric;
+
+    #[test]
+    fn content_keys_are_the_first_half_of_the_lines_sha256_in_hex() {
+        // printf '{"a":1}\n' | sha256sum
+        let want = "h-e346432021b04179518d9614f3560ccd";
+        assert_eq!(&*content_key(b"{\"a\":1}\n"), want);
+        assert_eq!(&*content_key(b"{\"a\":1}"), want);
+    }
 
     #[test]
     fn a_batch_without_its_body_keeps_its_line_and_key_and_decodes_back() {
