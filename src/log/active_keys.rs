@@ -189,46 +189,45 @@ impl ActiveKeys {
 
     /// The keys as index entries, with their receive times.
     pub fn entries(&self, commits: &[Commit]) -> Vec<KeyEntry> {
-        let received = |offset| times::received_at_offset(commits, offset).unwrap_or(0);
-        self.shards
-            .iter()
-            .flat_map(|t| t.iter().map(|s| (s.hash(), s.offset())))
-            .chain(self.far.iter().map(|(&hash, &offset)| (hash, offset)))
-            .chain(self.collided.iter().map(|(k, &o)| (keys::hash(k), o)))
-            .map(|(hash, offset)| KeyEntry {
-                hash,
-                offset,
-                received: received(offset),
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.len());
+        let slots = self.shards.iter().flat_map(|t| t.iter().copied());
+        extend_entries(&mut out, commits, slots.map(|s| (s.hash(), s.offset())));
+        let far = self.far.iter().map(|(&hash, &offset)| (hash, offset));
+        let collided = self.collided.iter().map(|(k, &o)| (keys::hash(k), o));
+        extend_entries(&mut out, commits, far.chain(collided));
+        out
     }
 
     /// [`entries`](Self::entries), emptying the tables one by one as it
     /// goes, so that a seal never holds all of them and all the entries at
     /// once.
     pub fn take_entries(&mut self, commits: &[Commit]) -> Vec<KeyEntry> {
-        let received = |offset| times::received_at_offset(commits, offset).unwrap_or(0);
         let mut out = Vec::with_capacity(self.len());
         for shard in self.shards.iter_mut() {
-            let table = std::mem::take(shard);
-            out.extend(table.into_iter().map(|s| KeyEntry {
-                hash: s.hash(),
-                offset: s.offset(),
-                received: received(s.offset()),
-            }));
+            let slots = std::mem::take(shard).into_iter();
+            extend_entries(&mut out, commits, slots.map(|s| (s.hash(), s.offset())));
         }
-        let rest = std::mem::take(&mut self.far).into_iter().chain(
-            std::mem::take(&mut self.collided)
-                .into_iter()
-                .map(|(k, o)| (keys::hash(&k), o)),
-        );
-        out.extend(rest.map(|(hash, offset)| KeyEntry {
-            hash,
-            offset,
-            received: received(offset),
-        }));
+        let far = std::mem::take(&mut self.far).into_iter();
+        let collided = std::mem::take(&mut self.collided)
+            .into_iter()
+            .map(|(k, o)| (keys::hash(&k), o));
+        extend_entries(&mut out, commits, far.chain(collided));
         out
     }
+}
+
+/// Appends `(hash, offset)` pairs as index entries, with the receive time
+/// of each offset.
+fn extend_entries(
+    out: &mut Vec<KeyEntry>,
+    commits: &[Commit],
+    pairs: impl Iterator<Item = (u64, u64)>,
+) {
+    out.extend(pairs.map(|(hash, offset)| KeyEntry {
+        hash,
+        offset,
+        received: times::received_at_offset(commits, offset).unwrap_or(0),
+    }));
 }
 
 #[cfg(test)]

@@ -134,9 +134,10 @@ async fn start(
                     tracing::debug!(uuid = %batch.uuid, model_uuid = %batch.model_uuid, unit = %batch.unit_name, metrics = batch.metrics.len(), "batch accepted");
                     accepted.push((i, uuid, model_uuid));
                     let record = Record::batch(batch);
-                    records.push(match keep_bodies {
-                        true => record,
-                        false => record.without_body(),
+                    records.push(if keep_bodies {
+                        record
+                    } else {
+                        record.without_body()
                     });
                 }
                 Err(invalid) => {

@@ -268,9 +268,10 @@ impl Sink for ForwardSink {
         }
         let labels = ForwardLabels {
             sink: self.name.clone(),
-            stream: match records.first().is_some_and(|r| !r.is_entry()) {
-                true => Stream::Batches.name(),
-                false => Stream::Entries.name(),
+            stream: if records.first().is_some_and(|r| !r.is_entry()) {
+                Stream::Batches.name()
+            } else {
+                Stream::Entries.name()
             },
         };
         let write = s.writer.submit(records);

@@ -264,9 +264,10 @@ impl GrpcUpstream {
 
 impl Upstream for GrpcUpstream {
     fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture {
-        match records.first().is_some_and(|r| !r.is_entry()) {
-            true => self.deliver_batches(&records),
-            false => self.deliver_entries(&records),
+        if records.first().is_some_and(|r| !r.is_entry()) {
+            self.deliver_batches(&records)
+        } else {
+            self.deliver_entries(&records)
         }
     }
 
