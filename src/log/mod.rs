@@ -18,7 +18,6 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -29,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 mod active;
 mod active_keys;
 mod bloom;
+mod config;
 #[doc(hidden)]
 pub mod fuzz;
 mod index;
@@ -36,6 +36,7 @@ mod keys;
 mod lines;
 mod names;
 mod open;
+mod publish;
 mod reader;
 mod recover;
 mod seal;
@@ -50,6 +51,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use config::{Fsync, LogConfig};
 pub use keys::Summary;
 pub use reader::{LogLine, LogReader, ReadError, SeekError};
 pub use snapshot::Snapshot;
@@ -57,41 +59,6 @@ pub use times::Commit;
 
 use names::Names;
 use writer::{Msg, Writer};
-
-/// When writes reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fsync {
-    /// Synced before the ack; concurrent writers share one sync (group commit).
-    Always,
-    /// Acked once written; synced every `fsync_interval`.
-    Interval,
-    /// Acked once written; synced only at shutdown.
-    Never,
-}
-
-impl std::fmt::Display for Fsync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Fsync::Always => "always",
-            Fsync::Interval => "interval",
-            Fsync::Never => "never",
-        })
-    }
-}
-
-impl FromStr for Fsync {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "always" => Ok(Fsync::Always),
-            "interval" => Ok(Fsync::Interval),
-            "never" => Ok(Fsync::Never),
-            _ => Err(format!(
-                "unknown fsync policy {s:?} (expected always, interval or never)"
-            )),
-        }
-    }
-}
 
 /// A line that is not a valid record.
 #[derive(Debug)]
@@ -106,54 +73,6 @@ pub trait LogRecord: Send + Sync + 'static {
     fn key(&self) -> Option<&str>;
     /// The line, with its trailing `\n`.
     fn line(&self) -> &[u8];
-}
-
-/// How one stream is opened.
-#[derive(Clone, Debug)]
-pub struct LogConfig {
-    pub dir: PathBuf,
-    /// `entries` or `batches`: the files' names.
-    pub stream: &'static str,
-    pub fsync: Fsync,
-    pub fsync_interval: Duration,
-    /// Keys received within this window are remembered.
-    pub dedupe_window: Duration,
-    /// The active file is sealed once it holds this many bytes...
-    pub segment_max_bytes: u64,
-    /// ...or once its oldest record is this old.
-    pub segment_max_age: Duration,
-    /// Sealed segments whose newest record is older are deleted.
-    pub retention: Option<Duration>,
-    /// Oldest sealed segments are deleted while the stream is larger.
-    pub retention_bytes: Option<u64>,
-    pub key_of: KeyOf,
-    /// A faster `key_of` for lines the log wrote and committed itself (it
-    /// may skip validating the rest of the line); used at start-up, where
-    /// reading the active file's keys is most of the time.
-    pub trusted_key_of: Option<KeyOf>,
-}
-
-impl LogConfig {
-    /// Refuses a retention that would delete records inside the dedupe
-    /// window: their ids would be forgotten early.
-    pub fn check(&self) -> Result<(), String> {
-        if let Some(r) = self.retention {
-            if r < self.dedupe_window {
-                return Err(format!(
-                    "--retention {} is shorter than --dedupe-window {}: records would be deleted while their ids must still be remembered",
-                    humantime::format_duration(r),
-                    humantime::format_duration(self.dedupe_window)
-                ));
-            }
-        }
-        if self.segment_max_bytes == 0 {
-            return Err("--segment-max-bytes must be more than 0".into());
-        }
-        if self.segment_max_age.is_zero() {
-            return Err("--segment-max-age must be more than 0".into());
-        }
-        Ok(())
-    }
 }
 
 /// What became of one record.

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError};
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use super::open::{self, Active, Opened, Sealed};
 use super::times::{self, Commit};
 use super::{
     annotate, now_nanos, ActiveMeta, Append, Appended, Fsync, LogConfig, LogError, LogRecord,
-    SegmentView, Shared, View,
+    Shared,
 };
 
 /// Most appends written and synced as one group; bounds the group buffer.
@@ -46,7 +46,7 @@ pub(crate) struct Writer {
     pub(super) dirty: bool,
     buf: Vec<u8>,
     /// Receive times never go back, even if the clock does.
-    last_received: i64,
+    pub(super) last_received: i64,
     /// Logged once per change, not once per call.
     pub(super) retention_blocked: bool,
     /// Syncs the receive-time file beside the data file's sync (policy
@@ -80,76 +80,6 @@ impl Writer {
         }
         w.install(opened);
         w
-    }
-
-    pub(super) fn install(&mut self, opened: Opened) {
-        let Opened {
-            sealed,
-            mut active,
-            active_bytes_before,
-        } = opened;
-        if let Some(c) = active.commits.last() {
-            self.last_received = self.last_received.max(c.received);
-        }
-        let meta = Arc::new(ActiveMeta {
-            first: active.first,
-            data: active.data.clone(),
-            commits: RwLock::new(std::mem::take(&mut active.commits)),
-            bytes_before: active_bytes_before,
-        });
-        let end = active.first + active.count - 1;
-        self.state = Some(State {
-            sealed,
-            active,
-            meta,
-        });
-        self.publish();
-        self.shared.end.send_if_modified(|e| {
-            let changed = *e != end;
-            *e = end;
-            changed
-        });
-        self.shared.set_healthy(true);
-    }
-
-    /// Shows the segments to readers.
-    pub(super) fn publish(&self) {
-        let Some(st) = &self.state else { return };
-        let filters: usize = st
-            .sealed
-            .iter()
-            .filter_map(|s| s.keys.as_ref())
-            .map(|k| k.index.resident_bytes())
-            .sum();
-        self.shared
-            .filter_bytes
-            .store(filters as u64, std::sync::atomic::Ordering::Relaxed);
-        self.shared.active_keys.store(
-            st.active.keys.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let view = View {
-            sealed: st
-                .sealed
-                .iter()
-                .map(|s| SegmentView {
-                    summary: s.summary,
-                    bytes_before: s.bytes_before,
-                })
-                .collect(),
-            active: st.meta.clone(),
-        };
-        let bounds = (view.first(), view.active.first);
-        *self
-            .shared
-            .view
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
-        self.shared.segments.send_if_modified(|b| {
-            let changed = *b != bounds;
-            *b = bounds;
-            changed
-        });
     }
 
     /// Serves the queue until the log is closed. Periodic work runs every
