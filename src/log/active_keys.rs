@@ -255,19 +255,13 @@ mod tests {
         assert_eq!(keys.get(1), Some(0));
         assert_eq!(keys.get(3), None);
         assert_eq!(keys.len(), hashes.len() + 1);
-        let mut listed: Vec<(u64, u64)> = keys
-            .entries(&[])
-            .into_iter()
-            .map(|e| (e.hash, e.offset))
-            .collect();
-        listed.sort_unstable();
-        let mut taken: Vec<(u64, u64)> = keys
-            .take_entries(&[])
-            .into_iter()
-            .map(|e| (e.hash, e.offset))
-            .collect();
-        taken.sort_unstable();
-        assert_eq!(taken, listed);
+        let sorted = |entries: Vec<KeyEntry>| {
+            let mut pairs: Vec<(u64, u64)> = entries.iter().map(|e| (e.hash, e.offset)).collect();
+            pairs.sort_unstable();
+            pairs
+        };
+        let listed = sorted(keys.entries(&[]));
+        assert_eq!(sorted(keys.take_entries(&[])), listed);
         assert_eq!(keys.len(), 0);
         assert_eq!(
             listed,
