@@ -70,6 +70,8 @@ pub struct Metrics {
     pub duplicates: Family<TypeLabels, Counter>,
     pub ledger_bytes: Family<FileLabels, Counter>,
     pub sync_seconds: Histogram,
+    pub seal_seconds: Histogram,
+    pub damaged_records: Family<FileLabels, Counter>,
     pub group_records: Histogram,
     pub in_flight: Gauge,
     pub queue_bytes: Gauge,
@@ -102,6 +104,9 @@ impl Metrics {
             ledger_bytes: Family::default(),
             // 50 µs .. ~1.6 s
             sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            // 1 ms .. ~33 s
+            seal_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            damaged_records: Family::default(),
             // 1 .. 4096 records per group commit
             group_records: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             in_flight: Gauge::default(),
@@ -151,6 +156,16 @@ impl Metrics {
             "ledger_sync_seconds",
             "Time spent in one ledger fdatasync",
             m.sync_seconds.clone(),
+        );
+        registry.register(
+            "ledger_seal_seconds",
+            "Time to seal the active file into a segment (index, seal, renames)",
+            m.seal_seconds.clone(),
+        );
+        registry.register(
+            "ledger_damaged_records",
+            "Records found damaged on disk (they do not match the checksum written with them), by stream file; readers get DATA_LOSS for them",
+            m.damaged_records.clone(),
         );
         registry.register(
             "ledger_group_commit_records",

@@ -86,6 +86,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         segment_max_age: args.segment_max_age,
         retention: nonzero(args.retention),
         retention_bytes: u64::try_from(args.retention_bytes).ok().filter(|b| *b > 0),
+        keep_seals: true,
     };
     ledger.check()?;
     let token = match &args.upstream_token_file {

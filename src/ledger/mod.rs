@@ -39,6 +39,8 @@ pub struct LedgerConfig {
     pub retention: Option<Duration>,
     /// Oldest sealed segments are deleted while a stream is larger.
     pub retention_bytes: Option<u64>,
+    /// Seals outlive their segments (false for a spool: see `LogConfig`).
+    pub keep_seals: bool,
 }
 
 impl LedgerConfig {
@@ -53,6 +55,7 @@ impl LedgerConfig {
             segment_max_age: Duration::from_secs(24 * 3600),
             retention: None,
             retention_bytes: None,
+            keep_seals: true,
         }
     }
 
@@ -75,6 +78,7 @@ impl LedgerConfig {
             retention_bytes: self.retention_bytes,
             key_of,
             trusted_key_of,
+            keep_seals: self.keep_seals,
         }
     }
 

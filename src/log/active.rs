@@ -1,120 +1,82 @@
-//! The active file at open: read to its last valid line, a damaged tail
-//! cut (and kept aside), the receive times kept where they agree with the
-//! lines, and the in-memory key index rebuilt.
+//! The active file at open. Its records are walked by its record file
+//! (`entries.times`), so what was acknowledged is known exactly: bytes past
+//! the last recorded group were never acknowledged and are cut (kept aside
+//! in `entries.damaged`); nothing below it is ever cut. A file whose
+//! records were damaged is sealed as it is, so that the damage stays where
+//! it is, reported to every reader, and new records go to a fresh file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::index::{self, ActiveKeys};
+use sha2::{Digest as _, Sha256};
+
+use super::chain::Head;
+use super::index::{self, ActiveKeys, SealedKeys};
 use super::keys::{self, KeyIndex, Summary};
-use super::names::Names;
-use super::open::Active;
-use super::segment::write_times;
-use super::times::{self, Commit};
+use super::names::{Names, DATA, KEYS, TIMES};
+use super::open::{Active, Sealed};
+use super::segment::{write_keys, write_times};
+use super::times::{self, Check, Commit, Times};
+use super::walk::Span;
 use super::{annotate, sync_dir, LogConfig};
 
-/// Recovers the active file: cuts a damaged tail (the first line that is
-/// not a record, and everything after it), keeps the receive times that
-/// agree with the lines, and rebuilds the in-memory key index.
+/// What the records of the active file turned out to be.
+struct Recovered {
+    first: u64,
+    commits: Vec<Commit>,
+    checks: Vec<Check>,
+    count: u64,
+    len: u64,
+    keyed: Vec<(u64, u64)>,
+    hash: Option<Sha256>,
+    /// The record file must be written anew (format 1, a torn tail, lost).
+    rewrite: bool,
+    /// Damaged records (indexes), or records found away from their place:
+    /// the file is sealed as it is.
+    damaged: Vec<u64>,
+    shifted_or_lost: bool,
+}
+
+/// Recovers the active file (see the module doc). Returns it, and the
+/// segment it was sealed into when it held damage (with the new head).
 pub(super) fn open_active(
     names: &Names,
     config: &LogConfig,
     expected_first: u64,
-    has_sealed: bool,
     now: i64,
-) -> io::Result<Active> {
+    head: Option<Head>,
+) -> io::Result<(Active, Option<(Sealed, Head)>)> {
     let data_path = names.active_data();
     let times_path = names.active_times();
     let created = std::fs::symlink_metadata(&data_path).is_err();
-    let data = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o600)
-        .open(&data_path)
-        .map_err(|e| annotate(e, "open", &data_path))?;
+    let data = open_data(&data_path)?;
     let recorded = match times::read(&times_path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(annotate(e, "read", &times_path)),
     };
-    let (first, mut commits, rewrite) = match recorded {
-        Some(t) if t.first == expected_first || (!has_sealed && t.first > expected_first) => {
-            let rewrite =
-                t.valid_len != std::fs::metadata(&times_path).map(|m| m.len()).unwrap_or(0);
-            (t.first, t.commits, rewrite)
-        }
-        Some(t) => {
-            tracing::warn!(
-                stream = names.stream,
-                recorded = t.first,
-                expected = expected_first,
-                "the active file's first position disagrees with the segments; using the segments'"
-            );
-            (expected_first, Vec::new(), true)
-        }
-        None => (expected_first, Vec::new(), true),
-    };
-    let meta = data.metadata()?;
-    let mut rewrite = rewrite;
-    let snapshot = if meta.is_file() && !rewrite {
-        load_snapshot(names, &data, first, meta.len(), &commits)
-    } else {
-        None
-    };
-    // The snapshot describes exactly this file; it is never used twice.
+    let times_file_len = std::fs::metadata(&times_path).map_or(0, |m| m.len());
+    let r = recover(
+        names,
+        config,
+        &data,
+        recorded,
+        times_file_len,
+        expected_first,
+        now,
+    )?;
+    // The snapshot describes exactly the file it was taken of; never used twice.
     let _ = std::fs::remove_file(names.active_keys());
-    // A file that is not regular (a device, in failure tests) is not inspected.
-    let (count, len, keyed) = if let Some(keyed) = snapshot {
-        let last = commits.last().copied().unwrap_or(Commit {
-            end_count: 0,
-            end_offset: 0,
-            received: 0,
-        });
-        (last.end_count, last.end_offset, keyed)
-    } else if meta.is_file() {
-        let len = meta.len();
-        // Lines under a commit record were written and synced by the log
-        // itself: their keys are read the fast way. The commits are checked
-        // against the lines as the scan goes; if they disagree, every line
-        // is read again the careful way.
-        let claimed = commits.last().map_or(0, |c| c.end_offset);
-        let trusted = config.trusted_key_of.map(|f| (f, claimed));
-        let mut scanned = index::scan_with(&data, len, config.key_of, trusted, true, &commits)?;
-        if trusted.is_some() && scanned.valid_commits < commits.len() {
-            scanned = index::scan(&data, len, config.key_of, true, &commits)?;
-        }
-        cut(names, &data, scanned.end, len)?;
-        // Keep the commits that agree with the lines; the rest describe
-        // data that did not survive.
-        if scanned.valid_commits < commits.len() {
-            commits.truncate(scanned.valid_commits);
-            rewrite = true;
-        }
-        (scanned.count, scanned.end, scanned.keyed)
-    } else {
-        rewrite |= !commits.is_empty();
-        commits.clear();
-        (0, 0, Vec::new())
-    };
-    let last = commits.last().copied();
-    if count > last.map_or(0, |c| c.end_count) {
-        // Lines whose group's receive time did not survive: received at the
-        // file's last modification, never earlier than the group before.
-        let floor = last.map_or(i64::MIN, |c| c.received);
-        let received = mtime_nanos(&data).unwrap_or(now).min(now).max(floor);
-        commits.push(Commit {
-            end_count: count,
-            end_offset: len,
-            received,
-        });
-        rewrite = true;
+    if !r.damaged.is_empty() || r.shifted_or_lost {
+        let (sealed, head) = seal_as_is(names, config, data, &r, head, now)?;
+        let active = fresh(names, r.first + r.count, now)?;
+        return Ok((active, Some((sealed, head))));
     }
-    if rewrite {
-        write_times(&times_path, first, &commits, now)?;
+    if r.rewrite {
+        write_times(&times_path, r.first, &r.commits, &r.checks, now)?;
     }
-    if created || rewrite {
+    if created || r.rewrite {
         sync_dir(&names.dir)?;
     }
     let times = OpenOptions::new()
@@ -122,39 +84,214 @@ pub(super) fn open_active(
         .open(&times_path)
         .map_err(|e| annotate(e, "open", &times_path))?;
     let times_len = times.metadata()?.len();
-    let mut keys = ActiveKeys::with_capacity(keyed.len());
-    for (hash, offset) in keyed {
-        keys.insert_hashed(hash, offset, &data, len, config.key_of)?;
+    let mut keys = ActiveKeys::with_capacity(r.keyed.len());
+    for &(hash, offset) in &r.keyed {
+        keys.insert_hashed(hash, offset, &data, r.len, config.key_of)?;
     }
+    Ok((
+        Active {
+            first: r.first,
+            data: std::sync::Arc::new(data),
+            times: std::sync::Arc::new(times),
+            count: r.count,
+            len: r.len,
+            times_len,
+            commits: r.commits,
+            checks: r.checks,
+            keys,
+            hash: r.hash,
+        },
+        None,
+    ))
+}
+
+fn open_data(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| annotate(e, "open", path))
+}
+
+/// Reads the active file's records by its record file: the snapshot of a
+/// clean shutdown when it matches, else a walk of every record.
+fn recover(
+    names: &Names,
+    config: &LogConfig,
+    data: &File,
+    recorded: Option<Times>,
+    times_file_len: u64,
+    expected_first: u64,
+    now: i64,
+) -> io::Result<Recovered> {
+    let meta = data.metadata()?;
+    let first = recorded
+        .as_ref()
+        .map(|t| t.first)
+        .filter(|&f| f > 0)
+        .unwrap_or(expected_first);
+    let mut r = Recovered {
+        first,
+        commits: Vec::new(),
+        checks: Vec::new(),
+        count: 0,
+        len: 0,
+        keyed: Vec::new(),
+        hash: Some(Sha256::new()),
+        rewrite: false,
+        damaged: Vec::new(),
+        shifted_or_lost: false,
+    };
+    if !meta.is_file() {
+        // Not a regular file (a device, in failure tests): not inspected.
+        r.rewrite = recorded.is_none_or(|t| t.count() > 0);
+        return Ok(r);
+    }
+    let len = meta.len();
+    let Some(t) = recorded else {
+        // No record file (deleted by hand): every whole line that is a
+        // record counts, received at the file's last modification.
+        let scanned = index::scan(data, len, config.key_of, true, &[])?;
+        cut(names, data, scanned.end, len)?;
+        if scanned.count > 0 {
+            r.commits.push(Commit {
+                end_count: scanned.count,
+                end_offset: scanned.end,
+                received: mtime_nanos(data).unwrap_or(now).min(now),
+            });
+        }
+        r.checks = scanned.checks;
+        (r.count, r.len, r.keyed) = (scanned.count, scanned.end, scanned.keyed);
+        r.hash = None;
+        r.rewrite = true;
+        return Ok(r);
+    };
+    let whole = t.valid_len == times_file_len && t.lost_groups == 0 && t.fully_checked();
+    r.rewrite = !whole || t.first == 0;
+    r.shifted_or_lost = t.lost_groups > 0;
+    if whole {
+        if let Some(keyed) = load_snapshot(names, data, &t, len) {
+            r.count = t.count();
+            r.len = t.commits.last().map_or(0, |c| c.end_offset);
+            (r.commits, r.checks, r.keyed) = (t.commits, t.checks, keyed);
+            r.hash = None;
+            return Ok(r);
+        }
+    }
+    let mut walked = index::walk_records(
+        data,
+        Span {
+            commits: &t.commits,
+            start: (0, 0),
+            checks: &t.checks,
+        },
+        config.key_of,
+        config.trusted_key_of,
+    )?;
+    // Past the last recorded group: written, never acknowledged.
+    cut(names, data, walked.end, len)?;
+    r.count = walked.count;
+    r.len = walked.end.min(len);
+    r.hash = walked.hasher.take();
+    r.shifted_or_lost |= walked.shifted;
+    r.commits = t.commits;
+    (r.checks, r.keyed, r.damaged) = (walked.checks, walked.keyed, walked.damaged);
+    Ok(r)
+}
+
+/// Seals a damaged active file as it is (see the module doc).
+fn seal_as_is(
+    names: &Names,
+    config: &LogConfig,
+    data: File,
+    r: &Recovered,
+    head: Option<Head>,
+    now: i64,
+) -> io::Result<(Sealed, Head)> {
+    let first = r.first;
+    let len = data.metadata()?.len();
+    let first_damaged = r.damaged.first().map(|i| first + i);
+    tracing::warn!(
+        stream = names.stream,
+        file = %names.active_data().display(),
+        damaged = r.damaged.len(),
+        first_damaged,
+        "the active file holds damaged records; sealed it as it is, so that readers get DATA_LOSS for them and new records go to a new file"
+    );
+    crate::metrics::metrics()
+        .damaged_records
+        .get_or_create(&crate::metrics::FileLabels {
+            file: super::names::label(names.stream),
+        })
+        .inc_by(r.damaged.len() as u64);
+    let summary = write_keys(names, &data, first, r.count, len, &r.commits, &r.keyed)?;
+    let sha = super::seal::sha256_of(&data, len)?;
+    let new_head = super::seal::write_seal(names, first, r.count, len, sha, head, now)?;
+    sync_dir(&names.dir)?;
+    let rename = |from: std::path::PathBuf, to: std::path::PathBuf| {
+        std::fs::rename(&from, &to).map_err(|e| annotate(e, "rename", &from))
+    };
+    rename(names.active_times(), names.sealed(first, TIMES))?;
+    rename(names.active_data(), names.sealed(first, DATA))?;
+    sync_dir(&names.dir)?;
+    let cutoff = now.saturating_sub(super::open::window_nanos(config));
+    let keys = if summary.received_max >= cutoff {
+        let index = KeyIndex::open(&names.sealed(first, KEYS))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
+        Some(SealedKeys {
+            index,
+            data: File::open(names.sealed(first, DATA))?,
+        })
+    } else {
+        None
+    };
+    let sealed = Sealed {
+        summary,
+        written_len: r.commits.last().map_or(0, |c| c.end_offset),
+        bytes_before: 0,
+        keys,
+    };
+    Ok((sealed, new_head))
+}
+
+/// A new, empty active file starting at `first`.
+fn fresh(names: &Names, first: u64, now: i64) -> io::Result<Active> {
+    let times_path = names.active_times();
+    write_times(&times_path, first, &[], &[], now)?;
+    let data = open_data(&names.active_data())?;
+    sync_dir(&names.dir)?;
+    let times = OpenOptions::new()
+        .append(true)
+        .open(&times_path)
+        .map_err(|e| annotate(e, "open", &times_path))?;
     Ok(Active {
         first,
         data: std::sync::Arc::new(data),
         times: std::sync::Arc::new(times),
-        count,
-        len,
-        times_len,
-        commits,
-        keys,
+        count: 0,
+        len: 0,
+        times_len: times::HEADER as u64,
+        commits: Vec::new(),
+        checks: Vec::new(),
+        keys: ActiveKeys::default(),
+        hash: Some(Sha256::new()),
     })
 }
 
 /// The keys of the active file from the snapshot a clean shutdown wrote,
 /// if it describes exactly this file (same first position, length and last
-/// bytes) and the receive times cover all of it; `None` means: read the file.
-fn load_snapshot(
-    names: &Names,
-    data: &File,
-    first: u64,
-    len: u64,
-    commits: &[Commit],
-) -> Option<Vec<(u64, u64)>> {
+/// bytes) and the record file covers all of it; `None` means: read the file.
+fn load_snapshot(names: &Names, data: &File, t: &Times, len: u64) -> Option<Vec<(u64, u64)>> {
     let path = names.active_keys();
     let index = KeyIndex::open(&path).ok()?;
     let s = index.summary;
-    let last = commits
+    let last = t
+        .commits
         .last()
         .map_or((0, 0), |c| (c.end_count, c.end_offset));
-    let matches = s.first == first
+    let matches = s.first == t.first
         && s.data_len == len
         && (s.count, s.data_len) == last
         && keys::tail_hash(data, len).ok()? == s.tail_hash;
@@ -210,7 +347,7 @@ pub(super) fn cut(names: &Names, data: &File, keep: u64, len: u64) -> io::Result
         stream = names.stream,
         cut_bytes = len - keep,
         kept_in = %damaged.display(),
-        "cut a damaged or incomplete tail left by a crash"
+        "cut bytes written after the last acknowledged record (a write a crash interrupted)"
     );
     Ok(())
 }

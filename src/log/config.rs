@@ -65,6 +65,9 @@ pub struct LogConfig {
     /// may skip validating the rest of the line); used at start-up, where
     /// reading the active file's keys is most of the time.
     pub trusted_key_of: Option<KeyOf>,
+    /// Seals stay when retention deletes their segments (a ledger: the chain
+    /// stays checkable); a spool, which keeps no history, deletes them.
+    pub keep_seals: bool,
 }
 
 impl LogConfig {

@@ -11,8 +11,17 @@ use std::io;
 pub(crate) use super::active_keys::ActiveKeys;
 use super::keys::{self, KeyIndex, Summary};
 use super::lines::line_at;
-use super::times::{self, Commit};
+use super::times::{self, Check, Commit};
+use super::walk::{Cursor, Item, Span, Walker};
 use super::{KeyOf, Unreadable};
+use sha2::{Digest as _, Sha256};
+
+impl Walked {
+    /// The SHA-256 of `[0, end)`, when known.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.hasher.clone().map(|h| h.finalize().into())
+    }
+}
 
 /// Whether the line at hand holds `key`. An unreadable line holds no key.
 pub(super) fn stored_key_is(line: &[u8], key: &str, key_of: KeyOf) -> bool {
@@ -84,6 +93,104 @@ pub(crate) fn seen(
     Ok(false)
 }
 
+/// What a walk of a segment's records (by its record file) found.
+pub(crate) struct Walked {
+    /// Records walked, damaged ones included (the span's count).
+    pub count: u64,
+    /// File offset just past the last record.
+    pub end: u64,
+    /// `(hash, offset)` of every keyed intact record, in file order.
+    pub keyed: Vec<(u64, u64)>,
+    /// Indexes (within the segment) of the records that are damaged.
+    pub damaged: Vec<u64>,
+    /// Each record's check: the recorded one, or taken from the line where
+    /// it was lost and the line was read unchecked.
+    pub checks: Vec<Check>,
+    /// Records found away from where they were written (bytes inserted or
+    /// deleted before them).
+    pub shifted: bool,
+    /// SHA-256 of `[0, end)` so far, when the records fill it without a gap.
+    pub hasher: Option<Sha256>,
+}
+
+/// Walks every record of a segment by its record file, for its keys and
+/// checks (see `walk.rs`). Records whose check is known are keyed with the
+/// faster `trusted` key reader when given. Blocking.
+pub(crate) fn walk_records(
+    data: &File,
+    span: Span<'_>,
+    key_of: KeyOf,
+    trusted: Option<KeyOf>,
+) -> io::Result<Walked> {
+    let mut w = Walker::new(data, span, Cursor::START);
+    let count = span.commits.last().map_or(0, |c| c.end_count);
+    let mut out = Walked {
+        count,
+        end: 0,
+        keyed: Vec::new(),
+        damaged: Vec::new(),
+        checks: Vec::with_capacity(usize::try_from(count).unwrap_or(0)),
+        shifted: false,
+        hasher: None,
+    };
+    let mut hasher = Some(Sha256::new());
+    let mut expected_at = 0u64;
+    while let Some(item) = w.next()? {
+        match item {
+            Item::Record {
+                offset,
+                line,
+                checked,
+                index,
+                ..
+            } => {
+                let read_key = match trusted {
+                    Some(fast) if checked => fast,
+                    _ => key_of,
+                };
+                match read_key(line) {
+                    Ok(Some(k)) => out.keyed.push((keys::hash(&k), offset)),
+                    Ok(None) => {}
+                    Err(Unreadable) => {}
+                }
+                out.checks.push(if checked {
+                    span_check(&span, index)
+                } else {
+                    Check::of(line)
+                });
+                if offset != expected_at {
+                    hasher = None;
+                }
+                if let Some(h) = &mut hasher {
+                    h.update(line);
+                }
+                expected_at = offset + line.len() as u64;
+            }
+            Item::Damaged { index, .. } => {
+                out.damaged.push(index);
+                out.checks.push(span_check(&span, index));
+                hasher = None;
+            }
+        }
+    }
+    out.end = w.cursor().at;
+    out.shifted = w.cursor().shift != 0;
+    // A record given with its lost newline added is not what the file holds.
+    if expected_at != out.end || data.metadata()?.len() < out.end {
+        hasher = None;
+    }
+    out.hasher = hasher;
+    Ok(out)
+}
+
+fn span_check(span: &Span<'_>, index: u64) -> Check {
+    usize::try_from(index - span.start.0)
+        .ok()
+        .and_then(|i| span.checks.get(i))
+        .copied()
+        .unwrap_or(Check::UNKNOWN)
+}
+
 /// What a scan of a segment's lines found.
 pub(crate) struct Scanned {
     pub count: u64,
@@ -95,6 +202,8 @@ pub(crate) struct Scanned {
     pub unreadable: u64,
     /// How many of the given commits land on line ends with the right count.
     pub valid_commits: usize,
+    /// The check of every line taken.
+    pub checks: Vec<Check>,
 }
 
 /// Reads a segment's lines for its key index. Stops at the first unreadable
@@ -130,6 +239,7 @@ pub(crate) fn scan_with(
         keyed: Vec::new(),
         unreadable: 0,
         valid_commits: 0,
+        checks: Vec::new(),
     };
     let mut commits_ok = true;
     while let Some((offset, line)) = lines.next_line()? {
@@ -145,6 +255,7 @@ pub(crate) fn scan_with(
         }
         s.count += 1;
         s.end = offset + line.len() as u64;
+        s.checks.push(Check::of(line));
         while commits_ok {
             match commits.get(s.valid_commits) {
                 Some(c) if c.end_offset == s.end && c.end_count == s.count => {

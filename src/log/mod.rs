@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 mod active;
 mod active_keys;
 mod bloom;
+pub mod chain;
 mod config;
 #[doc(hidden)]
 pub mod fuzz;
@@ -46,6 +47,7 @@ mod syncer;
 #[doc(hidden)]
 pub mod testing;
 mod times;
+mod walk;
 mod writer;
 
 #[cfg(test)]
@@ -56,6 +58,10 @@ pub use keys::Summary;
 pub use reader::{LogLine, LogReader, ReadError, SeekError};
 pub use snapshot::Snapshot;
 pub use times::Commit;
+pub use walk::Damage;
+
+use chain::Head;
+use times::Check;
 
 use names::Names;
 use writer::{Msg, Writer};
@@ -113,6 +119,8 @@ pub(crate) struct Shared {
     active_keys: AtomicU64,
     /// Bytes of filters and fences of sealed segments inside the window.
     filter_bytes: AtomicU64,
+    /// The newest seal.
+    head: Mutex<Option<Head>>,
 }
 
 /// What a stream holds in memory for dedupe.
@@ -149,6 +157,8 @@ pub(crate) struct View {
 
 pub(crate) struct SegmentView {
     summary: Summary,
+    /// Bytes its records were written in, as recorded.
+    written_len: u64,
     bytes_before: u64,
 }
 
@@ -158,6 +168,8 @@ pub(crate) struct ActiveMeta {
     data: Arc<File>,
     /// Grows with every durable group; complete once the segment is sealed.
     commits: RwLock<Vec<Commit>>,
+    /// The check of every record; grows before `commits` does.
+    checks: RwLock<Vec<Check>>,
     bytes_before: u64,
 }
 
@@ -201,6 +213,7 @@ impl<R: LogRecord> Log<R> {
                     first: 1,
                     data: opened.active.data.clone(),
                     commits: RwLock::new(Vec::new()),
+                    checks: RwLock::new(Vec::new()),
                     bytes_before: 0,
                 }),
             })),
@@ -209,6 +222,7 @@ impl<R: LogRecord> Log<R> {
             segments,
             active_keys: AtomicU64::new(0),
             filter_bytes: AtomicU64::new(0),
+            head: Mutex::new(None),
         });
         let writer = Writer::new(config.clone(), shared.clone(), opened);
         tracing::debug!(stream = config.stream, elapsed = ?started.elapsed(), "log opened");
@@ -358,6 +372,15 @@ impl<R> Log<R> {
     pub fn path(&self) -> PathBuf {
         self.shared.names.active_data()
     }
+
+    /// The newest seal of the stream (`None` before the first seal).
+    pub fn head(&self) -> Option<Head> {
+        *self
+            .shared
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Now, in unix nanoseconds.
@@ -376,6 +399,25 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 pub fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// Writes `path` through a synced temporary file renamed over it; the
+/// caller syncs the directory. Blocking.
+pub(crate) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = names::temporary(path);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| annotate(e, "create", &tmp))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| annotate(e, "write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| annotate(e, "rename", path))
 }
 
 /// Replaces `path` with `data` so that a crash leaves either the old or the

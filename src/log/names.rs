@@ -10,6 +10,8 @@ pub(crate) const DATA: &str = "jsonl";
 pub(crate) const TIMES: &str = "times";
 /// The key index of a sealed segment (see `keys.rs`); derived from the data and the times.
 pub(crate) const KEYS: &str = "keys";
+/// The seal of a sealed segment (see `chain.rs`): kept after retention.
+pub(crate) const SEAL: &str = "seal";
 /// A reader's usage checkpoint of a sealed segment (see `crate::read`):
 /// derived, rebuilt whenever missing or stale, deleted with its segment.
 pub(crate) const USAGE: &str = "usage";

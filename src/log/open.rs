@@ -1,25 +1,30 @@
 //! Opening a stream's files: finishing or undoing what a crash interrupted,
-//! sealing the single file of an older meterd, checking the sealed segments
-//! (rebuilding a key index that is missing or does not match its segment)
-//! and recovering the active file. The data decides everything; indexes are
-//! derived from it, and the receive times are trusted only where they agree
-//! with it.
+//! sealing the single file of an older meterd, taking each sealed
+//! segment's positions from what was recorded (refusing files that
+//! overlap or name other positions), and recovering the active file.
+//! Indexes are derived from the records and rebuilt when they disagree.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 
+use sha2::Sha256;
+
 use super::active::open_active;
+use super::chain::{self, Head, Seal};
 use super::index::{ActiveKeys, SealedKeys};
 use super::keys::Summary;
-use super::names::{Names, DATA, KEYS, TIMES, USAGE};
-use super::segment::{open_sealed, seal_legacy};
-use super::times::Commit;
+use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
+use super::segment::{open_sealed, refuse, seal_legacy};
+use super::times::{self, Check, Commit};
 use super::{annotate, now_nanos, sync_dir, LogConfig};
 
 /// A sealed segment as the writer keeps it.
 pub(crate) struct Sealed {
     pub summary: Summary,
+    /// Bytes its records were written in, as recorded (its seal, or its
+    /// record file); the file itself may have lost or gained some.
+    pub written_len: u64,
     /// Bytes of retained segments before this one since the log was opened.
     pub bytes_before: u64,
     /// Loaded while the segment is inside the dedupe window.
@@ -37,13 +42,19 @@ pub(crate) struct Active {
     pub len: u64,
     pub times_len: u64,
     pub commits: Vec<Commit>,
+    pub checks: Vec<Check>,
     pub keys: ActiveKeys,
+    /// SHA-256 of `[0, len)`, when this process has seen every byte (it is
+    /// `None` after a start that did not read the file; the seal reads it).
+    pub hash: Option<Sha256>,
 }
 
 pub(crate) struct Opened {
     pub sealed: Vec<Sealed>,
     pub active: Active,
     pub active_bytes_before: u64,
+    /// The newest seal of the stream.
+    pub head: Option<Head>,
 }
 
 #[derive(Default)]
@@ -51,6 +62,7 @@ struct Found {
     data: bool,
     keys: bool,
     times: bool,
+    seal: bool,
 }
 
 /// Opens (creating) one stream of a log directory. Blocking.
@@ -74,6 +86,7 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
                 DATA => f.data = true,
                 KEYS => f.keys = true,
                 TIMES => f.times = true,
+                SEAL => f.seal = true,
                 _ => {}
             }
         }
@@ -84,10 +97,10 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
     let has_active_data = std::fs::symlink_metadata(&active_data).is_ok();
 
     if !has_active_times && has_active_data {
-        // A seal renames the times file first, then the data: finish it.
+        // A seal renames the record file first, then the data: finish it.
         let interrupted = found
             .iter()
-            .next_back()
+            .rfind(|(_, f)| f.data || f.times)
             .filter(|(_, f)| f.times && !f.data)
             .map(|(&first, _)| first);
         if let Some(first) = interrupted {
@@ -104,15 +117,32 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
             }
         }
     }
-    // Index, times and checkpoint files whose data is gone: a deletion or
+    // A seal is written before its segment is renamed into place: one at or
+    // past the active file's first position is of a seal that a crash cut
+    // short, and describes nothing yet.
+    let active_first = times::read(&active_times)
+        .ok()
+        .flatten()
+        .map(|t| t.first)
+        .filter(|&f| f > 0);
+    if let Some(active_first) = active_first {
+        for (&first, f) in found.iter_mut() {
+            if f.seal && !f.data && !f.times && first >= active_first {
+                let _ = std::fs::remove_file(names.sealed(first, SEAL));
+                f.seal = false;
+            }
+        }
+    }
+    // Index, record and checkpoint files whose data is gone: a deletion or
     // an abandoned seal that a crash interrupted. They describe nothing.
+    // Seals stay: retention keeps them, so that the chain stays whole.
     found.retain(|&first, f| {
         if !f.data {
             for ext in [KEYS, TIMES, USAGE] {
                 let _ = std::fs::remove_file(names.sealed(first, ext));
             }
         }
-        f.data
+        f.data || f.seal
     });
     let has_active_data = std::fs::symlink_metadata(&active_data).is_ok();
     if !has_active_times && found.is_empty() && has_active_data && is_nonempty_file(&active_data) {
@@ -123,27 +153,44 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
                     data: true,
                     keys: true,
                     times: true,
+                    seal: true,
                 },
             );
         }
     }
 
+    let seals = read_seals(&names, &found)?;
+    let mut head = seals.values().next_back().map(|(_, h)| *h);
+    // The first start over segments sealed before seals existed: each gets
+    // one, in order, so that the chain starts with the oldest retained.
+    let backfill = seals.is_empty();
+
     let cutoff = now.saturating_sub(window_nanos(config));
     let mut sealed: Vec<Sealed> = Vec::with_capacity(found.len());
     let mut bytes = 0u64;
-    for (&first, f) in &found {
-        let (summary, keys) = open_sealed(&names, config, first, f.keys, cutoff)?;
+    for (&first, f) in found.iter().filter(|(_, f)| f.data) {
+        let seal = seals.get(&first).and_then(|(s, _)| s.clone());
+        let (mut s, new_head) = open_sealed(
+            &names,
+            config,
+            first,
+            f.keys,
+            seal,
+            cutoff,
+            backfill.then_some(head),
+        )?;
+        if new_head.is_some() {
+            head = new_head;
+        }
         if let Some(prev) = sealed.last() {
             let end = prev.summary.first + prev.summary.count;
             if end > first {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: segment {} ends at position {} but the next one starts at {first}: the log's files overlap",
-                        names.dir.display(),
-                        prev.summary.first,
-                        end - 1
-                    ),
+                return Err(overlap(
+                    &names,
+                    prev.summary.first,
+                    end - 1,
+                    &names.sealed(first, DATA),
+                    first,
                 ));
             }
             if end < first {
@@ -151,26 +198,85 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
                     stream = names.stream,
                     missing_from = end,
                     missing_to = first - 1,
-                    "positions missing between two segments (deleted by hand?)"
+                    "positions missing between two segments (deleted by hand?); readers get DATA_LOSS for them"
                 );
             }
         }
-        sealed.push(Sealed {
-            summary,
-            bytes_before: bytes,
-            keys,
-        });
-        bytes += summary.data_len;
+        s.bytes_before = bytes;
+        bytes += s.summary.data_len;
+        sealed.push(s);
     }
+    // Positions recorded as used: by the segments, and by the newest seal
+    // (its segment may be gone).
     let expected_first = sealed
         .last()
-        .map_or(1, |s| s.summary.first + s.summary.count);
-    let active = open_active(&names, config, expected_first, !sealed.is_empty(), now)?;
+        .map_or(1, |s| s.summary.first + s.summary.count)
+        .max(head.map_or(1, |h| h.last + 1));
+    let (active, as_is) = open_active(&names, config, expected_first, now, head)?;
+    if let Some(s) = as_is {
+        head = Some(s.1);
+        let mut s = s.0;
+        s.bytes_before = bytes;
+        bytes += s.summary.data_len;
+        sealed.push(s);
+    }
+    if active.first < expected_first {
+        let (last_first, last) = sealed.last().map_or((0, expected_first - 1), |s| {
+            (s.summary.first, s.summary.first + s.summary.count - 1)
+        });
+        return Err(overlap(
+            &names,
+            last_first,
+            last,
+            &names.active_data(),
+            active.first,
+        ));
+    }
     Ok(Opened {
         sealed,
         active,
         active_bytes_before: bytes,
+        head,
     })
+}
+
+fn overlap(
+    names: &Names,
+    prev_first: u64,
+    prev_last: u64,
+    next: &std::path::Path,
+    next_first: u64,
+) -> io::Error {
+    refuse(format!(
+        "the log's files overlap: {} holds positions {prev_first}..{prev_last}, but {} starts at position {next_first}; move the one that does not belong out of {}",
+        names.sealed(prev_first, DATA).display(),
+        next.display(),
+        names.dir.display(),
+    ))
+}
+
+/// Every seal of the stream, by first position, with its link (the hash of
+/// its bytes, whether or not they parse). A seal that does not parse is
+/// kept as evidence and reported by `meterd verify`.
+fn read_seals(
+    names: &Names,
+    found: &BTreeMap<u64, Found>,
+) -> io::Result<BTreeMap<u64, (Option<Seal>, Head)>> {
+    let mut seals = BTreeMap::new();
+    for (&first, _) in found.iter().filter(|(_, f)| f.seal) {
+        let path = names.sealed(first, SEAL);
+        let (seal, link) = chain::read(&path).map_err(|e| annotate(e, "read", &path))?;
+        let seal = match seal {
+            Ok(s) => Some(s),
+            Err(why) => {
+                tracing::warn!(stream = names.stream, seal = %path.display(), error = %why, "a seal file cannot be read; `meterd verify` reports it");
+                None
+            }
+        };
+        let last = seal.as_ref().map_or(0, |s| s.last);
+        seals.insert(first, (seal, Head { last, hash: link }));
+    }
+    Ok(seals)
 }
 
 fn is_nonempty_file(path: &std::path::Path) -> bool {

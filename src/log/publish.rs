@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use super::chain::Head;
 use super::open::Opened;
 use super::writer::{State, Writer};
 use super::{ActiveMeta, SegmentView, View};
@@ -18,7 +19,9 @@ impl Writer {
             sealed,
             mut active,
             active_bytes_before,
+            head,
         } = opened;
+        self.set_head(head);
         if let Some(c) = active.commits.last() {
             self.last_received = self.last_received.max(c.received);
         }
@@ -26,6 +29,7 @@ impl Writer {
             first: active.first,
             data: active.data.clone(),
             commits: RwLock::new(std::mem::take(&mut active.commits)),
+            checks: RwLock::new(std::mem::take(&mut active.checks)),
             bytes_before: active_bytes_before,
         });
         let end = active.first + active.count - 1;
@@ -41,6 +45,16 @@ impl Writer {
             changed
         });
         self.shared.set_healthy(true);
+    }
+
+    /// The newest seal, for the next seal's link and for `Head`.
+    pub(super) fn set_head(&mut self, head: Option<Head>) {
+        self.head = head;
+        *self
+            .shared
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = head;
     }
 
     /// Shows the segments to readers.
@@ -65,6 +79,7 @@ impl Writer {
                 .iter()
                 .map(|s| SegmentView {
                     summary: s.summary,
+                    written_len: s.written_len,
                     bytes_before: s.bytes_before,
                 })
                 .collect(),

@@ -1,16 +1,24 @@
-//! Reading a stream by position, for spools and `Tail`. A reader sees only
-//! durable records (the writer publishes a group after its sync), reads
-//! whole lines of any length straight from the segment files (so a slow
-//! reader holds no queue and never slows the writer), and moves from one
+//! Reading a stream by position, for spools, `Tail` and `Usage`. A reader
+//! sees only durable records (the writer publishes a group after its sync),
+//! reads them straight from the segment files by what their record files
+//! say (`walk.rs`: every record checked against its checksum), so a slow
+//! reader holds no queue and never slows the writer, and moves from one
 //! segment to the next across seals.
+//!
+//! A record that is damaged on disk, or positions whose segment is gone,
+//! end a read with [`ReadError::Damaged`] or [`ReadError::Missing`] after
+//! every intact record before them; the reader has then moved past them,
+//! so that the next read goes on with the intact records behind.
 
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 
-use super::lines::Lines;
-use super::names::{DATA, TIMES};
-use super::times::{self, Commit};
+use super::names::{Names, DATA, SEAL, TIMES};
+use super::segment::sealed_layout;
+use super::times::{self, Check, Commit};
+use super::walk::{Cursor, Damage, Item, Span, Walker};
 use super::{ActiveMeta, Shared, View};
 
 /// One record as read from the log.
@@ -40,8 +48,34 @@ pub enum ReadError {
     /// Retention removed the segment under the reader.
     #[error("records were removed while reading; the first available is {first}")]
     Pruned { first: u64 },
+    /// A record whose bytes on disk are damaged; the reader is past it.
+    #[error("stream {stream}: the record at position {position} in {} is damaged: {}", file_name(.file), .damage.reason())]
+    Damaged {
+        stream: &'static str,
+        position: u64,
+        file: PathBuf,
+        damage: Damage,
+        /// The bytes found where it should be (at most its length).
+        raw: Vec<u8>,
+    },
+    /// Positions that no segment holds (a segment file is gone); the
+    /// reader is past them.
+    #[error("stream {stream}: positions {from}..{to} are missing: no file holds them ({} is gone)", file_name(.file))]
+    Missing {
+        stream: &'static str,
+        from: u64,
+        to: u64,
+        file: PathBuf,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// A position in the log and the segment it lies in.
@@ -52,18 +86,19 @@ pub struct LogReader {
     at: Option<Place>,
     /// Bytes before `next` (see [`LogReader::bytes_before`]), once known.
     bytes_before: Option<u64>,
+    /// Damage met after some records were given: the next read returns it.
+    pending: Option<ReadError>,
 }
 
 struct Place {
     first: u64,
     data: Arc<File>,
-    /// A sealed segment's receive times, read once from its times file;
-    /// `None` for the active segment, whose times the writer shares.
-    sealed: Option<Arc<[Commit]>>,
+    file: PathBuf,
+    /// A sealed segment's commits and checks, read once from its record
+    /// file; `None` for the active segment, whose the writer shares.
+    sealed: Option<Owned>,
     active: Option<Arc<ActiveMeta>>,
-    /// Index of `next` within the segment, and its byte offset.
-    index: u64,
-    offset: u64,
+    cursor: Cursor,
     bytes_before: u64,
 }
 
@@ -81,6 +116,7 @@ impl LogReader {
                 next: (after + 1).max(first),
                 at: None,
                 bytes_before: None,
+                pending: None,
             })
         } else {
             Err(SeekError::Pruned { first })
@@ -129,7 +165,8 @@ impl LogReader {
     /// As [`read`](Self::read), but lends each record to `f` (position,
     /// receive time, line with its `\n`) instead of copying it: scans that
     /// look at every record allocate nothing per record. Returns how many
-    /// records were visited. Blocking.
+    /// records were visited; damage after at least one record is returned
+    /// by the next call. Blocking.
     pub fn visit(
         &mut self,
         max_records: usize,
@@ -139,17 +176,32 @@ impl LogReader {
         let mut n = 0usize;
         let mut bytes = 0usize;
         while n < max_records && bytes < max_bytes {
+            if let Some(e) = self.pending.take() {
+                if n > 0 {
+                    self.pending = Some(e);
+                    break;
+                }
+                return Err(e);
+            }
             if self.next > *self.shared.end.borrow() {
                 break;
             }
             if self.at.is_none() {
-                self.locate()?;
+                if let Err(e) = self.locate() {
+                    self.pending = Some(e);
+                    continue;
+                }
             }
             let Some(place) = self.at.as_mut() else { break };
-            let want = max_records - n;
-            let (all, range) = place.commits_from(place.index, want);
-            let commits = &all[range];
-            let Some(last) = commits.last() else {
+            let stream = self.shared.names.stream;
+            let data = place.data.clone();
+            let owned = place.span(max_records - n);
+            let span = owned.span();
+            if owned
+                .commits
+                .last()
+                .is_none_or(|c| c.end_count <= place.cursor.index)
+            {
                 // This segment has nothing more: move on if it was sealed.
                 let view = self.shared.view();
                 let sealed = place.sealed.is_some() || view.active.first != place.first;
@@ -158,39 +210,44 @@ impl LogReader {
                 }
                 self.at = None;
                 continue;
-            };
-            let mut group = 0;
-            let mut lines = Lines::new(&place.data, place.offset, last.end_offset);
-            while n < max_records && bytes < max_bytes {
-                let Some((_, line)) = lines.next_line()? else {
-                    if place.offset < last.end_offset {
-                        return Err(ReadError::Io(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "segment {} is shorter than its receive times say",
-                                place.first
-                            ),
-                        )));
-                    }
-                    break;
-                };
-                while group < commits.len() && commits[group].end_count <= place.index {
-                    group += 1;
-                }
-                let received = commits.get(group).map_or(0, |c| c.received);
-                f(self.next, received, line);
-                n += 1;
-                bytes += line.len();
-                place.index += 1;
-                place.offset += line.len() as u64;
-                self.next += 1;
-                self.bytes_before = Some(place.bytes_before + place.offset);
             }
+            let mut walker = Walker::new(&data, span, place.cursor);
+            while n < max_records && bytes < max_bytes {
+                match walker.next()? {
+                    None => break,
+                    Some(Item::Record { received, line, .. }) => {
+                        f(self.next, received, line);
+                        n += 1;
+                        bytes += line.len();
+                        self.next += 1;
+                    }
+                    Some(Item::Damaged { offset, damage, .. }) => {
+                        let len = usize::try_from(walker.cursor().at.saturating_sub(offset))
+                            .unwrap_or(0)
+                            .min(64 << 20);
+                        let mut raw = vec![0u8; len];
+                        let got = super::walk::read_at_most(&data, &mut raw, offset)?;
+                        raw.truncate(got);
+                        self.pending = Some(ReadError::Damaged {
+                            stream,
+                            position: self.next,
+                            file: place.file.clone(),
+                            damage,
+                            raw,
+                        });
+                        self.next += 1;
+                        break;
+                    }
+                }
+            }
+            place.cursor = walker.cursor();
+            self.bytes_before = Some(place.bytes_before + place.cursor.at);
         }
         Ok(n)
     }
 
-    /// Finds the segment holding `next` and the offset of its line.
+    /// Finds the segment holding `next` and the place of its record. Moves
+    /// past positions that no segment holds, saying so.
     fn locate(&mut self) -> Result<(), ReadError> {
         loop {
             let view = self.shared.view();
@@ -199,138 +256,160 @@ impl LogReader {
                 return Err(ReadError::Pruned { first });
             }
             let active = &view.active;
-            if self.next >= active.first {
-                let place = Place {
-                    first: active.first,
-                    data: active.data.clone(),
-                    sealed: None,
-                    active: Some(active.clone()),
-                    index: 0,
-                    offset: 0,
-                    bytes_before: active.bytes_before,
-                };
-                return self.seek_within(place);
-            }
+            let names = &self.shared.names;
             let i = view
                 .sealed
-                .partition_point(|s| s.summary.first <= self.next)
-                .saturating_sub(1);
-            let Some(seg) = view.sealed.get(i) else {
-                return Err(ReadError::Pruned { first });
-            };
-            let s = seg.summary;
-            if self.next >= s.first + s.count {
-                // Positions missing between segments (deleted by hand).
-                self.next = view
-                    .sealed
-                    .get(i + 1)
-                    .map_or(active.first, |n| n.summary.first);
-                continue;
+                .partition_point(|s| s.summary.first <= self.next);
+            let gap_end = view.sealed.get(i).map_or(active.first, |n| n.summary.first);
+            let seg = i.checked_sub(1).and_then(|i| view.sealed.get(i));
+            let inside = seg.is_some_and(|s| self.next < s.summary.first + s.summary.count);
+            if self.next < active.first && !inside {
+                // Positions between segments (a segment deleted by hand).
+                let from = self.next;
+                self.next = gap_end;
+                return Err(ReadError::Missing {
+                    stream: names.stream,
+                    from,
+                    to: gap_end - 1,
+                    file: names.sealed(from, DATA),
+                });
             }
-            let names = &self.shared.names;
-            let data = match File::open(names.sealed(s.first, DATA)) {
-                Ok(f) => f,
-                // Deleted by retention since the view was taken: look again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if Arc::ptr_eq(&view, &self.shared.view()) {
-                        return Err(ReadError::Pruned {
-                            first: s.first + s.count,
-                        });
+            let place = match seg.filter(|_| self.next < active.first) {
+                None => Place {
+                    first: active.first,
+                    data: active.data.clone(),
+                    file: names.active_data(),
+                    sealed: None,
+                    active: Some(active.clone()),
+                    cursor: Cursor::START,
+                    bytes_before: active.bytes_before,
+                },
+                Some(seg) => {
+                    let s = seg.summary;
+                    let path = names.sealed(s.first, DATA);
+                    let data = match File::open(&path) {
+                        Ok(f) => f,
+                        // Deleted by retention since the view was taken: look again.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            if Arc::ptr_eq(&view, &self.shared.view()) {
+                                let from = self.next;
+                                self.next = s.first + s.count;
+                                if seal_remains(names, s.first) && from == first {
+                                    return Err(ReadError::Pruned { first: self.next });
+                                }
+                                return Err(ReadError::Missing {
+                                    stream: names.stream,
+                                    from,
+                                    to: s.first + s.count - 1,
+                                    file: path,
+                                });
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(ReadError::Io(e)),
+                    };
+                    let recorded = times::read(&names.sealed(s.first, TIMES)).ok().flatten();
+                    let (commits, checks) =
+                        sealed_layout(recorded, s.count, seg.written_len, s.received_max);
+                    Place {
+                        first: s.first,
+                        data: Arc::new(data),
+                        file: path,
+                        sealed: Some(Owned {
+                            commits: commits.into(),
+                            checks: checks.into(),
+                            start: (0, 0),
+                        }),
+                        active: None,
+                        cursor: Cursor::START,
+                        bytes_before: seg.bytes_before,
                     }
-                    continue;
                 }
-                Err(e) => return Err(ReadError::Io(e)),
-            };
-            let commits = match times::read(&names.sealed(s.first, TIMES)) {
-                Ok(Some(t))
-                    if t.commits.last().map(|c| (c.end_count, c.end_offset))
-                        == Some((s.count, s.data_len)) =>
-                {
-                    t.commits
-                }
-                // Damaged receive times: the whole segment at its newest.
-                _ => vec![Commit {
-                    end_count: s.count,
-                    end_offset: s.data_len,
-                    received: s.received_max,
-                }],
-            };
-            let place = Place {
-                first: s.first,
-                data: Arc::new(data),
-                sealed: Some(commits.into()),
-                active: None,
-                index: 0,
-                offset: 0,
-                bytes_before: seg.bytes_before,
             };
             return self.seek_within(place);
         }
     }
 
-    /// Moves `place` to the line of `next`: to the start of its group by the
-    /// receive times, then line by line.
+    /// Moves `place` to the record of `next`, placed by the written lengths.
     fn seek_within(&mut self, mut place: Place) -> Result<(), ReadError> {
         let index = self.next - place.first;
-        let (start_count, start_offset) = {
-            let guard;
-            let commits: &[Commit] = match (&place.sealed, &place.active) {
-                (Some(c), _) => c,
-                (None, Some(a)) => {
-                    guard = a.commits.read().unwrap_or_else(PoisonError::into_inner);
-                    &guard
-                }
-                (None, None) => &[],
-            };
-            match times::group_of(commits, index) {
-                Some(0) | None if commits.is_empty() => (0, 0),
-                Some(0) => (0, 0),
-                Some(g) => (commits[g - 1].end_count, commits[g - 1].end_offset),
-                None => commits
-                    .last()
-                    .map_or((0, 0), |c| (c.end_count, c.end_offset)),
-            }
-        };
-        place.index = start_count;
-        place.offset = start_offset;
-        if index > start_count {
-            let mut lines = Lines::new(&place.data, start_offset, u64::MAX);
-            while place.index < index {
-                let Some((_, line)) = lines.next_line()? else {
-                    return Err(ReadError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("position {} is not in segment {}", self.next, place.first),
-                    )));
-                };
-                place.index += 1;
-                place.offset += line.len() as u64;
-            }
-        }
-        self.bytes_before = Some(place.bytes_before + place.offset);
+        let owned = place.span_from(index, usize::MAX);
+        let w = Walker::seek(&place.data, owned.span(), index, 0)?;
+        place.cursor = w.cursor();
+        self.bytes_before = Some(place.bytes_before + place.cursor.at);
         self.at = Some(place);
         Ok(())
     }
 }
 
+/// Whether the seal of the segment at `first` is still there (retention
+/// keeps seals: its records were retired, not lost).
+fn seal_remains(names: &Names, first: u64) -> bool {
+    names.sealed(first, SEAL).exists()
+}
+
+/// A [`Span`] that owns its commits and checks (shared for a sealed
+/// segment, a copy of a range for the active one).
+#[derive(Clone)]
+struct Owned {
+    commits: Arc<[Commit]>,
+    checks: Arc<[Check]>,
+    start: (u64, u64),
+}
+
+impl Owned {
+    fn span(&self) -> Span<'_> {
+        Span {
+            commits: &self.commits,
+            start: self.start,
+            checks: &self.checks,
+        }
+    }
+}
+
 impl Place {
-    /// Up to `n` commits from the group holding `index` on: a range of a
-    /// sealed segment's commits, shared, or a copy of the active one's (the
-    /// writer adds to those under a lock that a reader must not hold while
-    /// it reads the file).
-    fn commits_from(&self, index: u64, n: usize) -> (Arc<[Commit]>, std::ops::Range<usize>) {
-        let range = |commits: &[Commit]| {
-            let g = commits.partition_point(|c| c.end_count <= index);
-            g..commits.len().min(g + n.max(1))
-        };
+    /// The groups from the one holding the cursor's record on (at most `n`
+    /// of them), with the checks of their records.
+    fn span(&self, n: usize) -> Owned {
+        self.span_from(self.cursor.index, n)
+    }
+
+    /// A sealed segment's commits and checks, shared; a copy of the active
+    /// one's range (the writer adds to those under locks that a reader must
+    /// not hold while it reads the file). Checks are taken after commits:
+    /// the writer adds them first, so they cover every commit seen.
+    fn span_from(&self, index: u64, n: usize) -> Owned {
         match (&self.sealed, &self.active) {
-            (Some(c), _) => (c.clone(), range(c)),
+            (Some(o), _) => o.clone(),
             (None, Some(a)) => {
                 let guard = a.commits.read().unwrap_or_else(PoisonError::into_inner);
-                let copy: Arc<[Commit]> = guard[range(&guard)].into();
-                let len = copy.len();
-                (copy, 0..len)
+                let g = guard.partition_point(|c| c.end_count <= index);
+                let range = g..guard.len().min(g.saturating_add(n.max(1)));
+                let start = g
+                    .checked_sub(1)
+                    .map_or((0, 0), |p| (guard[p].end_count, guard[p].end_offset));
+                let commits: Arc<[Commit]> = guard[range].into();
+                drop(guard);
+                let upto = commits.last().map_or(start.0, |c| c.end_count);
+                let checks = a.checks.read().unwrap_or_else(PoisonError::into_inner);
+                let lo = usize::try_from(start.0)
+                    .unwrap_or(usize::MAX)
+                    .min(checks.len());
+                let hi = usize::try_from(upto)
+                    .unwrap_or(usize::MAX)
+                    .min(checks.len());
+                let checks: Arc<[Check]> = checks[lo..hi.max(lo)].into();
+                Owned {
+                    commits,
+                    checks,
+                    start,
+                }
             }
-            (None, None) => (Arc::from(Vec::new()), 0..0),
+            (None, None) => Owned {
+                commits: Arc::from(Vec::new()),
+                checks: Arc::from(Vec::new()),
+                start: (0, 0),
+            },
         }
     }
 }

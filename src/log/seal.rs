@@ -8,9 +8,12 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use sha2::{Digest as _, Sha256};
+
+use super::chain::{self, Head, Seal};
 use super::index::SealedKeys;
 use super::keys::{self, KeyIndex, Summary};
-use super::names::{DATA, KEYS, TIMES, USAGE};
+use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
 use super::open::{Active, Sealed};
 use super::times;
 use super::writer::Writer;
@@ -45,6 +48,7 @@ impl Writer {
         self.sync()?;
         let names = self.shared.names.clone();
         let window = self.window();
+        let head = self.head;
         let Some(st) = &mut self.state else {
             return Err(io::Error::other("log is not open"));
         };
@@ -52,6 +56,13 @@ impl Writer {
             return Ok(());
         }
         let (first, count, len) = (st.active.first, st.active.count, st.active.len);
+        let started = std::time::Instant::now();
+        // The hash was kept while appending; only a file this process did
+        // not read at its start is read now, once.
+        let sha = match st.active.hash.take() {
+            Some(h) => h.finalize().into(),
+            None => sha256_of(&st.active.data, len)?,
+        };
         // Read, not copied: only this thread changes them.
         let commits = st
             .meta
@@ -71,19 +82,20 @@ impl Writer {
         let mut entries = st.active.keys.take_entries(&commits);
         drop(commits);
         // Derived and written first: a crash before the renames below leaves
-        // an index without data, which the next open deletes.
+        // an index and a seal without data, which the next open deletes.
         keys::write(&names.sealed(first, KEYS), &summary, &mut entries)?;
         drop(entries);
+        let new_head = write_seal(&names, first, count, len, sha, head, now_nanos())?;
         sync_dir(&names.dir)?;
-        // The times file moves first, then the data: an open that finds the
-        // newest segment's times without its data finishes the rename.
+        // The record file moves first, then the data: an open that finds the
+        // newest segment's record file without its data finishes the rename.
         let rename = |from: std::path::PathBuf, to: std::path::PathBuf| {
             std::fs::rename(&from, &to).map_err(|e| annotate(e, "rename", &from))
         };
         rename(names.active_times(), names.sealed(first, TIMES))?;
         rename(names.active_data(), names.sealed(first, DATA))?;
         let next = first + count;
-        super::segment::write_times(&names.active_times(), next, &[], now_nanos())?;
+        super::segment::write_times(&names.active_times(), next, &[], &[], now_nanos())?;
         let data = OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,6 +124,7 @@ impl Writer {
         let bytes_before = st.meta.bytes_before;
         st.sealed.push(Sealed {
             summary,
+            written_len: len,
             bytes_before,
             keys,
         });
@@ -120,6 +133,7 @@ impl Writer {
             first: next,
             data: data.clone(),
             commits: RwLock::new(Vec::new()),
+            checks: RwLock::new(Vec::new()),
             bytes_before: bytes_before + len,
         });
         st.active = Active {
@@ -128,16 +142,23 @@ impl Writer {
             times: Arc::new(times),
             count: 0,
             len: 0,
-            times_len: times::RECORD as u64,
+            times_len: times::HEADER as u64,
             commits: Vec::new(),
+            checks: Vec::new(),
             keys: Default::default(),
+            hash: Some(Sha256::new()),
         };
+        self.set_head(Some(new_head));
         self.publish();
+        crate::metrics::metrics()
+            .seal_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             stream = self.config.stream,
             first,
             count,
             bytes = len,
+            elapsed = ?started.elapsed(),
             "sealed a segment"
         );
         Ok(())
@@ -192,8 +213,10 @@ impl Writer {
         let s = st.sealed.remove(0);
         let first = s.summary.first;
         // Data first: index, times and checkpoint files left without data
-        // by a crash are deleted at the next open.
-        for ext in [DATA, KEYS, TIMES, USAGE] {
+        // by a crash are deleted at the next open. The seal stays (the
+        // chain stays checkable), except in a spool, which keeps no history.
+        let seal = (!self.config.keep_seals).then_some(SEAL);
+        for ext in [DATA, KEYS, TIMES, USAGE].into_iter().chain(seal) {
             let path = names.sealed(first, ext);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -225,4 +248,54 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Writes the seal of segment `first` (see `chain.rs`), linked to `prev`,
+/// through a synced temporary file; the caller syncs the directory.
+/// Returns the new head. Blocking.
+pub(crate) fn write_seal(
+    names: &Names,
+    first: u64,
+    count: u64,
+    len: u64,
+    sha256: [u8; 32],
+    prev: Option<Head>,
+    now: i64,
+) -> io::Result<Head> {
+    let seal = Seal {
+        format: chain::FORMAT,
+        stream: names.stream.to_owned(),
+        first,
+        last: first + count - 1,
+        count,
+        bytes: len,
+        sha256: chain::hex(&sha256),
+        prev_seal_sha256: prev.map(|h| h.hex()),
+        sealed_at: chain::rfc3339(now),
+    };
+    let bytes = seal.encode();
+    super::write_file(&names.sealed(first, SEAL), &bytes)?;
+    Ok(Head {
+        last: seal.last,
+        hash: chain::link(&bytes),
+    })
+}
+
+/// SHA-256 of `[0, len)` of `data`. Blocking.
+pub(crate) fn sha256_of(data: &File, len: u64) -> io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from(len - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = super::walk::read_at_most(data, &mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize().into())
 }

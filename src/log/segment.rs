@@ -1,18 +1,21 @@
 //! Sealed segments at open: an older meterd's single file sealed as the
-//! first segment, each segment checked against its key index, and the index
-//! rebuilt from the data and receive times when it is missing, damaged or
-//! about other data. Also the writers of the `.times` and `.keys` files.
+//! first segment; each segment's positions taken from what was recorded
+//! (its record file and its seal), never recounted from its lines; its key
+//! index checked and rebuilt from the records when it is missing, damaged
+//! or about other data. Also the writers of the `.times` and `.keys` files.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 
 use super::active::{cut, mtime_nanos};
+use super::chain::{Head, Seal};
 use super::index::{self, SealedKeys};
 use super::keys::{self, KeyEntry, KeyIndex, Summary};
-use super::names::{self, Names, DATA, KEYS, TIMES};
-use super::times::{self, Commit};
-use super::{annotate, now_nanos, sync_dir, LogConfig};
+use super::names::{Names, DATA, KEYS, TIMES};
+use super::open::Sealed;
+use super::times::{self, Check, Commit, Times};
+use super::walk::Span;
+use super::{annotate, sync_dir, LogConfig};
 
 /// The ledger of an earlier meterd: one file per stream, no receive times.
 /// It becomes segment 1 as it is, its records received at the file's last
@@ -42,16 +45,18 @@ pub(super) fn seal_legacy(names: &Names, config: &LogConfig, now: i64) -> io::Re
     }
     let received = mtime_nanos(&data).unwrap_or(now).min(now);
     let first = 1;
-    let commits = if scanned.count > 0 {
-        vec![Commit {
-            end_count: scanned.count,
-            end_offset: scanned.end,
-            received,
-        }]
-    } else {
-        Vec::new()
-    };
-    write_times(&names.sealed(first, TIMES), first, &commits, now)?;
+    let commits = vec![Commit {
+        end_count: scanned.count,
+        end_offset: scanned.end,
+        received,
+    }];
+    write_times(
+        &names.sealed(first, TIMES),
+        first,
+        &commits,
+        &scanned.checks,
+        now,
+    )?;
     write_keys(
         names,
         &data,
@@ -61,6 +66,8 @@ pub(super) fn seal_legacy(names: &Names, config: &LogConfig, now: i64) -> io::Re
         &commits,
         &scanned.keyed,
     )?;
+    let sha = super::seal::sha256_of(&data, scanned.end)?;
+    super::seal::write_seal(names, first, scanned.count, scanned.end, sha, None, now)?;
     let to = names.sealed(first, DATA);
     std::fs::rename(&path, &to).map_err(|e| annotate(e, "rename", &to))?;
     sync_dir(&names.dir)?;
@@ -87,29 +94,15 @@ fn trim_unreadable_tail(data: &File, end: u64, config: &LogConfig) -> io::Result
     Ok(keep)
 }
 
-/// Writes a receive-time file through a synced temporary file.
+/// Writes a record file (format 2) through a synced temporary file.
 pub(crate) fn write_times(
     path: &std::path::Path,
     first: u64,
     commits: &[Commit],
+    checks: &[Check],
     now: i64,
 ) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity((commits.len() + 1) * times::RECORD);
-    bytes.extend_from_slice(&times::header(first, now));
-    for c in commits {
-        bytes.extend_from_slice(&times::commit(c));
-    }
-    let tmp = names::temporary(path);
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| annotate(e, "create", &tmp))?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).map_err(|e| annotate(e, "rename", path))
+    super::write_file(path, &times::encode(first, now, commits, checks))
 }
 
 /// Writes a sealed segment's key index from scanned `(hash, offset)` keys.
@@ -142,23 +135,132 @@ pub(crate) fn write_keys(
     Ok(summary)
 }
 
-/// Checks a sealed segment against its index, rebuilding the index when it
-/// is missing, damaged or about other data; loads it when inside the window.
+/// The commits and checks of a sealed segment of `count` records written in
+/// `written_len` bytes: its record file's, cut to `count`, and where it
+/// holds fewer (damaged, torn or missing) one more commit for the rest,
+/// received at `received` (the newest receive time known), with unknown
+/// checks.
+pub(crate) fn sealed_layout(
+    times: Option<Times>,
+    count: u64,
+    written_len: u64,
+    received: i64,
+) -> (Vec<Commit>, Vec<Check>) {
+    let Times {
+        mut commits,
+        mut checks,
+        ..
+    } = times.unwrap_or_default();
+    commits.retain(|c| c.end_count <= count && c.end_offset <= written_len);
+    let have = commits.last().map_or(0, |c| c.end_count);
+    if have < count {
+        let received = commits
+            .last()
+            .map_or(received, |c| c.received.max(received));
+        commits.push(Commit {
+            end_count: count,
+            end_offset: written_len.max(commits.last().map_or(0, |c| c.end_offset)),
+            received,
+        });
+    }
+    if !checks.is_empty() {
+        checks.resize(usize::try_from(count).unwrap_or(0), Check::UNKNOWN);
+    }
+    (commits, checks)
+}
+
+/// What the recorded files say of a sealed segment: its record file and
+/// seal, checked against each other and the segment's name.
+pub(crate) struct Recorded {
+    pub times: Option<Times>,
+    pub seal: Option<Seal>,
+    pub count: u64,
+    pub written_len: u64,
+}
+
+/// Reads a sealed segment's record file and takes its positions from it and
+/// from its seal. Refuses a segment whose files name another first
+/// position than its name (copied or renamed), and one with neither: its
+/// positions cannot be known.
+pub(crate) fn recorded(names: &Names, first: u64, seal: Option<Seal>) -> io::Result<Recorded> {
+    let times_path = names.sealed(first, TIMES);
+    let times = match times::read(&times_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(annotate(e, "read", &times_path)),
+    };
+    let data_path = names.sealed(first, DATA);
+    if let Some(t) = times.as_ref().filter(|t| t.first != 0 && t.first != first) {
+        return Err(refuse(format!(
+            "{} says its segment starts at position {}, but {} is named for position {first}: a segment copied or renamed? Move it out of the ledger directory",
+            times_path.display(),
+            t.first,
+            data_path.display()
+        )));
+    }
+    if let Some(s) = seal
+        .as_ref()
+        .filter(|s| s.first != first || s.stream != names.stream)
+    {
+        return Err(refuse(format!(
+            "{} is the seal of {} positions {}..{}, but it is named for {} position {first}: a segment copied or renamed? Move it out of the ledger directory",
+            names.sealed(first, "seal").display(),
+            s.stream,
+            s.first,
+            s.last,
+            names.stream
+        )));
+    }
+    let (count, written_len) = match (&seal, &times) {
+        (Some(s), _) => (s.count, s.bytes),
+        (None, Some(t)) if t.count() > 0 => (
+            t.count(),
+            t.commits.last().map_or(0, |c| c.end_offset),
+        ),
+        _ => {
+            return Err(refuse(format!(
+                "{} has no readable record file ({}) and no seal, so its positions cannot be known; restore them, or move the segment out of the ledger directory",
+                data_path.display(),
+                times_path.display()
+            )))
+        }
+    };
+    Ok(Recorded {
+        times,
+        seal,
+        count,
+        written_len,
+    })
+}
+
+pub(crate) fn refuse(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Opens a sealed segment: its positions as recorded, its key index checked
+/// (rebuilt from its records when missing, damaged or about other data),
+/// and loaded when inside the window. With `backfill`, a segment without a
+/// seal gets one, linked to `backfill`'s head (the first start after an
+/// upgrade).
 pub(super) fn open_sealed(
     names: &Names,
     config: &LogConfig,
     first: u64,
     has_keys: bool,
+    seal: Option<Seal>,
     cutoff: i64,
-) -> io::Result<(Summary, Option<SealedKeys>)> {
+    backfill: Option<Option<Head>>,
+) -> io::Result<(Sealed, Option<Head>)> {
     let data_path = names.sealed(first, DATA);
     let data = File::open(&data_path).map_err(|e| annotate(e, "open", &data_path))?;
     let len = data.metadata()?.len();
+    let mut rec = recorded(names, first, seal)?;
     let keys_path = names.sealed(first, KEYS);
     let trusted = if has_keys {
         match keys::read_summary(&keys_path) {
             Ok(s)
                 if s.first == first
+                    && s.count == rec.count
                     && s.data_len == len
                     && s.tail_hash == keys::tail_hash(&data, len)? =>
             {
@@ -170,85 +272,153 @@ pub(super) fn open_sealed(
     } else {
         Err("it is missing".to_owned())
     };
+    let mut head = None;
+    let upgrade = rec
+        .times
+        .as_ref()
+        .is_none_or(|t| !t.fully_checked() || t.lost_groups > 0);
     let summary = match trusted {
-        Ok(s) => s,
-        Err(why) => rebuild(names, config, &data, first, len, &why)?,
-    };
-    if summary.received_max < cutoff {
-        return Ok((summary, None));
-    }
-    let index = match KeyIndex::open(&keys_path) {
-        Ok(i) => i,
-        Err(e) => {
-            rebuild(names, config, &data, first, len, &e.0)?;
-            KeyIndex::open(&keys_path).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {}", keys_path.display(), e.0),
-                )
-            })?
+        Ok(s) if !upgrade && backfill.is_none() => s,
+        other => {
+            let why = other
+                .err()
+                .unwrap_or_else(|| "upgrading its record file".into());
+            let (summary, sealed) =
+                rebuild(names, config, &data, first, &mut rec, len, &why, backfill)?;
+            head = sealed;
+            summary
         }
     };
-    Ok((summary, Some(SealedKeys { index, data })))
+    let keys = if summary.received_max < cutoff {
+        None
+    } else {
+        let index = KeyIndex::open(&keys_path).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {}", keys_path.display(), e.0),
+            )
+        })?;
+        Some(SealedKeys { index, data })
+    };
+    let sealed = Sealed {
+        summary,
+        written_len: rec.written_len,
+        bytes_before: 0,
+        keys,
+    };
+    Ok((sealed, head))
 }
 
-/// Rebuilds a sealed segment's key index from its data and receive times.
-pub(crate) fn rebuild(
+/// Rebuilds the key index of the sealed segment at `first`, found damaged
+/// while the log runs. Blocking.
+pub(crate) fn reindex(
+    names: &Names,
+    config: &LogConfig,
+    first: u64,
+    why: &str,
+) -> io::Result<Summary> {
+    let data_path = names.sealed(first, DATA);
+    let data = File::open(&data_path).map_err(|e| annotate(e, "open", &data_path))?;
+    let len = data.metadata()?.len();
+    let seal = super::chain::read(&names.sealed(first, super::names::SEAL))
+        .ok()
+        .and_then(|(s, _)| s.ok());
+    let mut rec = recorded(names, first, seal)?;
+    Ok(rebuild(names, config, &data, first, &mut rec, len, why, None)?.0)
+}
+
+/// Rebuilds a sealed segment's key index from its records (walked by its
+/// record file). Where the record file is of format 1, or missing while the
+/// segment still matches its seal, it is written anew with every record's
+/// check; with `backfill`, a missing seal is written. Returns the summary
+/// and the new seal's head, if one was written.
+#[allow(clippy::too_many_arguments)]
+fn rebuild(
     names: &Names,
     config: &LogConfig,
     data: &File,
     first: u64,
+    rec: &mut Recorded,
     len: u64,
     why: &str,
-) -> io::Result<Summary> {
+    backfill: Option<Option<Head>>,
+) -> io::Result<(Summary, Option<Head>)> {
     let started = std::time::Instant::now();
-    let times_path = names.sealed(first, TIMES);
-    let recorded = times::read(&times_path).ok().flatten();
-    let scanned = index::scan(
+    let fallback_received = rec
+        .seal
+        .as_ref()
+        .and_then(|s| s.sealed_at.parse::<jiff::Timestamp>().ok())
+        .and_then(|t| i64::try_from(t.as_nanosecond()).ok())
+        .or_else(|| mtime_nanos(data))
+        .unwrap_or(0);
+    let was_missing = rec.times.is_none();
+    let (commits, checks) = sealed_layout(
+        rec.times.take(),
+        rec.count,
+        rec.written_len,
+        fallback_received,
+    );
+    let walked = index::walk_records(
         data,
-        len,
+        Span {
+            commits: &commits,
+            start: (0, 0),
+            checks: &checks,
+        },
         config.key_of,
-        false,
-        recorded.as_ref().map_or(&[], |t| &t.commits),
+        config.trusted_key_of,
     )?;
-    let commits = match recorded {
-        Some(t)
-            if t.first == first
-                && scanned.valid_commits == t.commits.len()
-                && t.commits
-                    .last()
-                    .is_some_and(|c| c.end_offset == scanned.end) =>
-        {
-            t.commits
-        }
-        _ => {
-            // The receive times are lost: the records count as received at
-            // the segment's last modification, which keeps their keys in the
-            // window at least as long as the truth would.
-            let received = mtime_nanos(data).unwrap_or_else(now_nanos).min(now_nanos());
-            tracing::warn!(stream = names.stream, first, "receive times of a segment are missing or damaged; using the file's modification time");
-            let commits: Vec<Commit> = (scanned.count > 0)
-                .then_some(Commit {
-                    end_count: scanned.count,
-                    end_offset: scanned.end,
-                    received,
-                })
-                .into_iter()
-                .collect();
-            write_times(&times_path, first, &commits, now_nanos())?;
-            commits
-        }
-    };
-    let summary = write_keys(
-        names,
-        data,
-        first,
-        scanned.count,
-        scanned.end,
-        &commits,
-        &scanned.keyed,
-    )?;
+    // The record file is written anew only where nothing is lost by it: a
+    // format-1 file gains checks, a missing one is made again from a segment
+    // that still matches its seal (or from every record having read whole).
+    let intact = walked.damaged.is_empty() && !walked.shifted;
+    let matches_seal = rec
+        .seal
+        .as_ref()
+        .is_some_and(|s| walked.sha256().map(|h| super::chain::hex(&h)) == Some(s.sha256.clone()));
+    let format_1 = !was_missing && checks.is_empty();
+    if intact && (format_1 || (was_missing && (matches_seal || rec.seal.is_none()))) {
+        write_times(
+            &names.sealed(first, TIMES),
+            first,
+            &commits,
+            &walked.checks,
+            super::now_nanos(),
+        )?;
+    }
+    let summary = write_keys(names, data, first, rec.count, len, &commits, &walked.keyed)?;
+    let mut head = None;
+    if let (Some(prev), None) = (backfill, &rec.seal) {
+        let sha = match walked.sha256() {
+            Some(h) if walked.end == len => h,
+            _ => super::seal::sha256_of(data, len)?,
+        };
+        head = Some(super::seal::write_seal(
+            names,
+            first,
+            rec.count,
+            len,
+            sha,
+            prev,
+            super::now_nanos(),
+        )?);
+    }
     sync_dir(&names.dir)?;
-    tracing::warn!(stream = names.stream, first, reason = why, elapsed = ?started.elapsed(), "rebuilt the key index of a segment from its data");
-    Ok(summary)
+    if !walked.damaged.is_empty() {
+        tracing::warn!(
+            stream = names.stream,
+            segment = %names.sealed(first, DATA).display(),
+            damaged = walked.damaged.len(),
+            first_damaged = first + walked.damaged[0],
+            "a sealed segment holds damaged records; readers get DATA_LOSS for them, `meterd verify` lists them"
+        );
+        crate::metrics::metrics()
+            .damaged_records
+            .get_or_create(&crate::metrics::FileLabels {
+                file: super::names::label(names.stream),
+            })
+            .inc_by(walked.damaged.len() as u64);
+    }
+    tracing::info!(stream = names.stream, first, reason = why, elapsed = ?started.elapsed(), "rebuilt the key index of a segment from its records");
+    Ok((summary, head))
 }

@@ -1,10 +1,16 @@
 //! Reading a log directory that another process may be writing: no lock,
 //! no recovery, nothing written. What is read is what was committed when
-//! the snapshot was taken (the active file up to its last receive-time
-//! record), so a snapshot never sees a torn or unacknowledged line.
+//! the snapshot was taken (the active file up to its last recorded group),
+//! so a snapshot never sees a torn or unacknowledged line.
+//!
+//! A seal or a retention deletion may happen while the snapshot is taken;
+//! the listing is then taken again until two agree, so that a segment
+//! being sealed is seen exactly once: as the active file or as a segment.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -12,13 +18,27 @@ use tokio::sync::watch;
 
 use super::keys::{self, Summary};
 use super::lines::Lines;
-use super::names::{Names, DATA, KEYS, TIMES};
-use super::times::{self, Commit};
+use super::names::{Names, DATA, KEYS};
+use super::segment::{recorded, sealed_layout};
+use super::times::{self, Check, Commit};
 use super::{annotate, ActiveMeta, LogReader, SeekError, SegmentView, Shared, View};
+
+/// Attempts at a listing that no seal or deletion changed meanwhile.
+const ATTEMPTS: usize = 50;
 
 /// A fixed view of a log directory.
 pub struct Snapshot {
     shared: Arc<Shared>,
+}
+
+/// The active file as it was when the listing was taken.
+struct ActiveState {
+    data: File,
+    first: u64,
+    commits: Vec<Commit>,
+    checks: Vec<Check>,
+    /// (device, inode) of the file opened, to tell it was not replaced.
+    id: Option<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -28,57 +48,48 @@ impl Snapshot {
             dir: dir.to_path_buf(),
             stream,
         };
-        let mut firsts: Vec<u64> = Vec::new();
-        for dirent in std::fs::read_dir(dir).map_err(|e| annotate(e, "list", dir))? {
-            let name = dirent?.file_name();
-            if let Some((first, DATA)) = name.to_str().and_then(|n| names.parse_sealed(n)) {
-                firsts.push(first);
+        let mut attempt = 0;
+        let (sealed, active) = loop {
+            attempt += 1;
+            let listed = list(&names)?;
+            let active = read_active(&names)?;
+            let mut sealed = Vec::with_capacity(listed.len());
+            let mut gone = false;
+            let mut bytes = 0;
+            for &first in &listed {
+                match sealed_view(&names, first) {
+                    Ok((summary, written_len)) => {
+                        sealed.push(SegmentView {
+                            summary,
+                            written_len,
+                            bytes_before: bytes,
+                        });
+                        bytes += summary.data_len;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => gone = true,
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        firsts.sort_unstable();
-        let mut sealed = Vec::with_capacity(firsts.len());
-        let mut bytes = 0;
-        for first in firsts {
-            let summary = match sealed_summary(&names, first) {
-                Ok(s) => s,
-                // Deleted by retention since the listing: not part of it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            sealed.push(SegmentView {
-                summary,
-                bytes_before: bytes,
-            });
-            bytes += summary.data_len;
-        }
+            // Unchanged meanwhile: the same segments, and the active file
+            // still the one that was read.
+            let still = !gone
+                && list(&names)? == listed
+                && active.id == file_id(&names.active_data())
+                && read_first(&names).unwrap_or(0) == active.first;
+            if still || attempt >= ATTEMPTS {
+                break (sealed, active);
+            }
+        };
+        let bytes: u64 = sealed.iter().map(|s| s.summary.data_len).sum();
         let next = sealed
             .last()
             .map_or(1, |s: &SegmentView| s.summary.first + s.summary.count);
-        let data_path = names.active_data();
-        let (data, first, commits) = match File::open(&data_path) {
-            Ok(data) => match times::read(&names.active_times()) {
-                Ok(Some(t)) => {
-                    let len = data.metadata()?.len();
-                    let commits = t
-                        .commits
-                        .into_iter()
-                        .filter(|c| c.end_offset <= len)
-                        .collect();
-                    (data, t.first, commits)
-                }
-                // A file of an older meterd (or a writer that never opened
-                // it yet): every complete line, received when last modified.
-                _ => {
-                    let commits = whole_file(&data)?;
-                    (data, next, commits)
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (File::open("/dev/null")?, next, Vec::new())
-            }
-            Err(e) => return Err(annotate(e, "open", &data_path)),
+        let first = if active.first == 0 {
+            next
+        } else {
+            active.first
         };
-        let count = commits.last().map_or(0, |c| c.end_count);
+        let count = active.commits.last().map_or(0, |c| c.end_count);
         let (end, _) = watch::channel((first + count).saturating_sub(1));
         let (healthy, _) = watch::channel(true);
         let (segments, _) = watch::channel((0, 0));
@@ -86,8 +97,9 @@ impl Snapshot {
             sealed,
             active: Arc::new(ActiveMeta {
                 first,
-                data: Arc::new(data),
-                commits: RwLock::new(commits),
+                data: Arc::new(active.data),
+                commits: RwLock::new(active.commits),
+                checks: RwLock::new(active.checks),
                 bytes_before: bytes,
             }),
         };
@@ -100,6 +112,7 @@ impl Snapshot {
                 segments,
                 active_keys: Default::default(),
                 filter_bytes: Default::default(),
+                head: Mutex::new(None),
             }),
         })
     }
@@ -135,28 +148,116 @@ impl Snapshot {
     }
 }
 
-/// A sealed segment's summary: from its index when that matches the data,
-/// else counted from the data and its receive times.
-fn sealed_summary(names: &Names, first: u64) -> io::Result<Summary> {
-    let data = File::open(names.sealed(first, DATA))?;
-    let len = data.metadata()?.len();
-    if let Ok(s) = keys::read_summary(&names.sealed(first, KEYS)) {
-        if s.first == first && s.data_len == len && s.tail_hash == keys::tail_hash(&data, len)? {
-            return Ok(s);
+/// The first positions of the sealed segments' data files.
+fn list(names: &Names) -> io::Result<BTreeSet<u64>> {
+    let mut firsts = BTreeSet::new();
+    for dirent in std::fs::read_dir(&names.dir).map_err(|e| annotate(e, "list", &names.dir))? {
+        let name = dirent?.file_name();
+        if let Some((first, DATA)) = name.to_str().and_then(|n| names.parse_sealed(n)) {
+            firsts.insert(first);
         }
     }
-    let commits = match times::read(&names.sealed(first, TIMES)) {
-        Ok(Some(t)) if t.commits.last().is_some_and(|c| c.end_offset == len) => t.commits,
-        _ => whole_file(&data)?,
+    Ok(firsts)
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn read_first(names: &Names) -> Option<u64> {
+    times::read(&names.active_times())
+        .ok()
+        .flatten()
+        .map(|t| t.first)
+}
+
+/// The active file and what its record file says, record file first: a
+/// seal renames it first, so a data file opened after it is never newer.
+fn read_active(names: &Names) -> io::Result<ActiveState> {
+    let recorded = match times::read(&names.active_times()) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(annotate(e, "read", &names.active_times())),
     };
-    Ok(Summary {
+    let data_path = names.active_data();
+    let data = match File::open(&data_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(ActiveState {
+                data: File::open("/dev/null")?,
+                first: recorded.map_or(0, |t| t.first),
+                commits: Vec::new(),
+                checks: Vec::new(),
+                id: None,
+            })
+        }
+        Err(e) => return Err(annotate(e, "open", &data_path)),
+    };
+    let meta = data.metadata()?;
+    let id = Some((meta.dev(), meta.ino()));
+    let len = meta.len();
+    match recorded {
+        Some(t) => {
+            // Groups written after the data were read are not in it yet.
+            let commits: Vec<Commit> = t
+                .commits
+                .into_iter()
+                .filter(|c| c.end_offset <= len)
+                .collect();
+            let upto = commits.last().map_or(0, |c| c.end_count) as usize;
+            let mut checks = t.checks;
+            checks.truncate(upto);
+            Ok(ActiveState {
+                data,
+                first: t.first,
+                commits,
+                checks,
+                id,
+            })
+        }
+        // A file of an older meterd (or a writer that never opened it
+        // yet): every complete line, received when last modified.
+        None => Ok(ActiveState {
+            commits: whole_file(&data)?,
+            data,
+            first: 0,
+            checks: Vec::new(),
+            id,
+        }),
+    }
+}
+
+/// A sealed segment's summary and written length: from its index when that
+/// matches the data, its positions always as recorded.
+fn sealed_view(names: &Names, first: u64) -> io::Result<(Summary, u64)> {
+    let data = File::open(names.sealed(first, DATA))?;
+    let len = data.metadata()?.len();
+    let rec = recorded(names, first, read_seal(names, first))?;
+    if let Ok(s) = keys::read_summary(&names.sealed(first, KEYS)) {
+        if s.first == first
+            && s.count == rec.count
+            && s.data_len == len
+            && s.tail_hash == keys::tail_hash(&data, len)?
+        {
+            return Ok((s, rec.written_len));
+        }
+    }
+    let (commits, _) = sealed_layout(rec.times, rec.count, rec.written_len, 0);
+    let summary = Summary {
         first,
-        count: commits.last().map_or(0, |c| c.end_count),
-        data_len: commits.last().map_or(0, |c| c.end_offset),
+        count: rec.count,
+        data_len: len,
         received_min: commits.first().map_or(0, |c| c.received),
         received_max: commits.last().map_or(0, |c| c.received),
         tail_hash: 0,
-    })
+    };
+    Ok((summary, rec.written_len))
+}
+
+fn read_seal(names: &Names, first: u64) -> Option<super::chain::Seal> {
+    super::chain::read(&names.sealed(first, super::names::SEAL))
+        .ok()
+        .and_then(|(s, _)| s.ok())
 }
 
 /// One commit covering every complete line, at the file's modification time.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::names::{Names, DATA, TIMES};
 use super::segment::write_times;
-use super::times::Commit;
+use super::times::{Check, Commit};
 
 /// Writes one segment of `stream` in `dir` starting at position `first`:
 /// sealed (`S.<first>.jsonl`, `.times`) or the active file (`S.jsonl`,
@@ -33,9 +33,11 @@ pub fn write_segment<'a>(
     };
     let mut data = BufWriter::with_capacity(1 << 20, File::create(&data_path)?);
     let mut commits: Vec<Commit> = Vec::new();
+    let mut checks: Vec<Check> = Vec::new();
     let (mut count, mut len) = (0u64, 0u64);
     for (line, received) in records {
         data.write_all(line)?;
+        checks.push(Check::of(line));
         count += 1;
         len += line.len() as u64;
         match commits.last_mut() {
@@ -51,6 +53,6 @@ pub fn write_segment<'a>(
         }
     }
     data.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    write_times(&times_path, first, &commits, super::now_nanos())?;
+    write_times(&times_path, first, &commits, &checks, super::now_nanos())?;
     Ok(count)
 }

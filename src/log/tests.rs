@@ -59,6 +59,7 @@ fn config(dir: &Path) -> LogConfig {
         retention_bytes: None,
         key_of,
         trusted_key_of: None,
+        keep_seals: true,
     }
 }
 
@@ -131,6 +132,7 @@ async fn positions_count_from_one_and_survive_seals_and_restarts() {
         [
             "entries.00000000000000000001.jsonl",
             "entries.00000000000000000001.keys",
+            "entries.00000000000000000001.seal",
             "entries.00000000000000000001.times",
             "entries.jsonl",
             "entries.keys",

@@ -1,21 +1,45 @@
-//! The receive-time file beside each segment (`entries.times`,
+//! The record file beside each segment (`entries.times`,
 //! `entries.00000000000000000001.times`): a header with the segment's first
-//! position, then one record per group commit saying how many records and
-//! bytes the segment held once that group was durable, and when.
+//! position, then one group per group commit saying how many records and
+//! bytes the segment held once that group was durable, when, and for each
+//! record of the group its length and CRC-32 (its *check*).
 //!
-//! It is the one thing about a record that its ledger line cannot say (the
-//! lines stay byte-identical to the Go encoding), so it is written with the
-//! data and synced with it. Every record is 32 bytes with its own CRC, so a
-//! torn or damaged tail is recognised and cut.
+//! It is what the ledger lines cannot say about themselves (the lines stay
+//! byte-identical to the Go encoding): receive times, where each record
+//! starts and ends, and whether its bytes are still the ones written. It is
+//! written with the data and synced with it, so a record is acknowledged
+//! only once its check is durable too. Positions come from here (the
+//! header's first position, the groups' counts), never from counting
+//! newlines, so damage in one segment never moves another's positions.
+//!
+//! Format 2 (`MTH2`), little-endian:
+//! - header, 32 bytes: first position, format (2), created (unix ns),
+//!   tag, CRC of the 28 bytes before it;
+//! - per group, a 40-byte commit: records and bytes in the segment once the
+//!   group was written, receive time, `n` (records in the group), CRC of the
+//!   checks, tag, CRC of the 36 bytes before it; then `n` checks of 8 bytes
+//!   (length with the `\n`, CRC-32 of the line).
+//!
+//! Every group says where it starts (its end minus its own records), so a
+//! damaged group is skipped over: the parser finds the next valid one, and
+//! the records in between keep their positions with an unknown check.
+//! Format 1 (`MTH1`, earlier meterd) has 32-byte commits and no checks; it
+//! is read as is.
 
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::Path;
 
-/// Bytes per record, header included.
-pub(crate) const RECORD: usize = 32;
-const TAG_HEADER: u32 = 0x4d54_4831; // "MTH1"
-const TAG_COMMIT: u32 = 0x4d54_4331; // "MTC1"
+/// Bytes of the header (and of a format-1 commit).
+pub(crate) const HEADER: usize = 32;
+/// Bytes of a format-2 commit, before its checks.
+pub(crate) const COMMIT: usize = 40;
+/// Bytes of one check.
+pub(crate) const CHECK: usize = 8;
+const TAG_HEADER_1: u32 = 0x4d54_4831; // "MTH1"
+const TAG_COMMIT_1: u32 = 0x4d54_4331; // "MTC1"
+const TAG_HEADER_2: u32 = 0x4d54_4832; // "MTH2"
+const TAG_COMMIT_2: u32 = 0x4d54_4332; // "MTC2"
 
 /// The state of a segment after one group commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,68 +52,160 @@ pub struct Commit {
     pub received: i64,
 }
 
-/// A decoded receive-time file.
-#[derive(Debug)]
+/// What is known of one record's bytes: their length (with the `\n`) and
+/// CRC-32. A length of 0 means unknown (its group's checks did not survive,
+/// or the file is of format 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Check {
+    pub len: u32,
+    pub crc: u32,
+}
+
+impl Check {
+    pub const UNKNOWN: Check = Check { len: 0, crc: 0 };
+
+    /// The check of a line (with its `\n`). Lines are at most a message in
+    /// size, far below 4 GiB; a longer one would be refused before this.
+    pub fn of(line: &[u8]) -> Check {
+        Check {
+            len: u32::try_from(line.len()).unwrap_or(u32::MAX),
+            crc: crc32fast::hash(line),
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.len != 0
+    }
+
+    /// Whether `line` is the record this check was taken of.
+    pub fn matches(&self, line: &[u8]) -> bool {
+        self.is_known() && line.len() == self.len as usize && crc32fast::hash(line) == self.crc
+    }
+}
+
+/// A decoded record file.
+#[derive(Debug, Default)]
 pub(crate) struct Times {
     /// First position of the segment, from the header.
     pub first: u64,
     pub commits: Vec<Commit>,
-    /// Length of the valid prefix; anything after it is damage.
+    /// One per record (format 2; [`Check::UNKNOWN`] in groups that were
+    /// skipped over); empty for format 1.
+    pub checks: Vec<Check>,
+    /// Length of the valid prefix: up to the end of the last valid group.
     pub valid_len: u64,
+    /// Groups that were damaged and skipped over.
+    pub lost_groups: u64,
 }
 
-pub(crate) fn header(first: u64, created: i64) -> [u8; RECORD] {
-    encode(first, 0, created, TAG_HEADER)
+impl Times {
+    /// Records in the segment by these times.
+    pub fn count(&self) -> u64 {
+        self.commits.last().map_or(0, |c| c.end_count)
+    }
+
+    /// Whether every record has a known check.
+    pub fn fully_checked(&self) -> bool {
+        self.checks.len() as u64 == self.count() && self.checks.iter().all(Check::is_known)
+    }
 }
 
-pub(crate) fn commit(c: &Commit) -> [u8; RECORD] {
-    encode(c.end_count, c.end_offset, c.received, TAG_COMMIT)
-}
-
-fn encode(a: u64, b: u64, c: i64, tag: u32) -> [u8; RECORD] {
-    let mut r = [0u8; RECORD];
-    r[0..8].copy_from_slice(&a.to_le_bytes());
-    r[8..16].copy_from_slice(&b.to_le_bytes());
-    r[16..24].copy_from_slice(&c.to_le_bytes());
-    r[24..28].copy_from_slice(&tag.to_le_bytes());
+/// The header of a format-2 file.
+pub(crate) fn header(first: u64, created: i64) -> [u8; HEADER] {
+    let mut r = [0u8; HEADER];
+    r[0..8].copy_from_slice(&first.to_le_bytes());
+    r[8..16].copy_from_slice(&2u64.to_le_bytes());
+    r[16..24].copy_from_slice(&created.to_le_bytes());
+    r[24..28].copy_from_slice(&TAG_HEADER_2.to_le_bytes());
     let crc = crc32fast::hash(&r[..28]);
     r[28..32].copy_from_slice(&crc.to_le_bytes());
     r
 }
 
-fn decode(r: &[u8]) -> Option<(u64, u64, i64, u32)> {
-    let word = |i: usize| r.get(i..i + 8).and_then(|s| s.try_into().ok());
-    let crc = u32::from_le_bytes(r.get(28..32)?.try_into().ok()?);
-    if crc32fast::hash(r.get(..28)?) != crc {
-        return None;
+/// Appends one group (its commit, then its records' checks) to `out`.
+pub(crate) fn group(c: &Commit, checks: &[Check], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + COMMIT + checks.len() * CHECK, 0);
+    let (head, body) = out[start..].split_at_mut(COMMIT);
+    for (k, dst) in checks.iter().zip(body.chunks_exact_mut(CHECK)) {
+        dst[0..4].copy_from_slice(&k.len.to_le_bytes());
+        dst[4..8].copy_from_slice(&k.crc.to_le_bytes());
     }
-    Some((
-        u64::from_le_bytes(word(0)?),
-        u64::from_le_bytes(word(8)?),
-        i64::from_le_bytes(word(16)?),
-        u32::from_le_bytes(r.get(24..28)?.try_into().ok()?),
-    ))
+    let checks_crc = crc32fast::hash(body);
+    head[0..8].copy_from_slice(&c.end_count.to_le_bytes());
+    head[8..16].copy_from_slice(&c.end_offset.to_le_bytes());
+    head[16..24].copy_from_slice(&c.received.to_le_bytes());
+    let n = u32::try_from(checks.len()).unwrap_or(u32::MAX);
+    head[24..28].copy_from_slice(&n.to_le_bytes());
+    head[28..32].copy_from_slice(&checks_crc.to_le_bytes());
+    head[32..36].copy_from_slice(&TAG_COMMIT_2.to_le_bytes());
+    let crc = crc32fast::hash(&head[..36]);
+    head[36..40].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes a receive-time file. `None` when the header itself is unreadable;
-/// otherwise the commits up to the first damaged, torn or out-of-order record.
-pub(crate) fn parse(bytes: &[u8]) -> Option<Times> {
-    let (first, _, _, tag) = decode(bytes.get(..RECORD)?)?;
-    if tag != TAG_HEADER || first == 0 {
-        return None;
+/// A whole format-2 file: the header and one group per commit, `checks`
+/// holding every record's check in order.
+pub(crate) fn encode(first: u64, created: i64, commits: &[Commit], checks: &[Check]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + commits.len() * COMMIT + checks.len() * CHECK);
+    out.extend_from_slice(&header(first, created));
+    let mut from = 0u64;
+    for c in commits {
+        let lo = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(checks.len());
+        let hi = usize::try_from(c.end_count)
+            .unwrap_or(usize::MAX)
+            .min(checks.len());
+        group(c, &checks[lo..hi.max(lo)], &mut out);
+        from = c.end_count;
     }
-    let mut commits: Vec<Commit> = Vec::with_capacity(bytes.len() / RECORD);
-    let mut valid_len = RECORD as u64;
-    for r in bytes[RECORD..].chunks_exact(RECORD) {
-        let Some((end_count, end_offset, received, TAG_COMMIT)) = decode(r) else {
+    out
+}
+
+fn u32_at(b: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
+}
+
+/// Decodes a record file. A damaged header leaves `first` 0 (unknown:
+/// the caller knows it from elsewhere) and the groups are still read;
+/// `None` when there is neither a header nor a group.
+pub(crate) fn parse(bytes: &[u8]) -> Option<Times> {
+    let h = bytes.get(..HEADER)?;
+    let valid = u32_at(h, 28).is_some_and(|crc| crc32fast::hash(&h[..28]) == crc);
+    let first = if valid { u64_at(h, 0)? } else { 0 };
+    match u32_at(h, 24)? {
+        TAG_HEADER_1 if valid && first > 0 => Some(parse_1(first, bytes)),
+        TAG_HEADER_2 if valid && first > 0 => Some(parse_2(first, bytes)),
+        _ => {
+            let t = parse_2(0, bytes);
+            (!t.commits.is_empty()).then_some(t)
+        }
+    }
+}
+
+/// Format 1: fixed 32-byte commits, up to the first damaged one.
+fn parse_1(first: u64, bytes: &[u8]) -> Times {
+    let mut t = Times {
+        first,
+        valid_len: HEADER as u64,
+        ..Times::default()
+    };
+    for r in bytes[HEADER..].chunks_exact(HEADER) {
+        let ok = u32_at(r, 28).is_some_and(|crc| crc32fast::hash(&r[..28]) == crc)
+            && u32_at(r, 24) == Some(TAG_COMMIT_1);
+        if !ok {
             break;
-        };
+        }
         let c = Commit {
-            end_count,
-            end_offset,
-            received,
+            end_count: u64_at(r, 0).unwrap_or(0),
+            end_offset: u64_at(r, 8).unwrap_or(0),
+            received: u64_at(r, 16).unwrap_or(0) as i64,
         };
-        if let Some(prev) = commits.last() {
+        if let Some(prev) = t.commits.last() {
             // Groups only ever grow the segment, and receive times never go back.
             if c.end_count <= prev.end_count
                 || c.end_offset <= prev.end_offset
@@ -97,29 +213,119 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<Times> {
             {
                 break;
             }
+        } else if c.end_count == 0 || c.end_offset == 0 {
+            break;
         }
-        commits.push(c);
-        valid_len += RECORD as u64;
+        t.commits.push(c);
+        t.valid_len += HEADER as u64;
     }
-    Some(Times {
-        first,
-        commits,
-        valid_len,
+    t
+}
+
+/// One valid format-2 group at `at`: its commit, where it starts (records,
+/// bytes), its checks' bytes and its length in the file.
+struct Group<'a> {
+    commit: Commit,
+    start_count: u64,
+    start_offset: u64,
+    checks: &'a [u8],
+    len: usize,
+}
+
+fn group_at(bytes: &[u8], at: usize) -> Option<Group<'_>> {
+    let head = bytes.get(at..at.checked_add(COMMIT)?)?;
+    if u32_at(head, 32)? != TAG_COMMIT_2 || crc32fast::hash(&head[..36]) != u32_at(head, 36)? {
+        return None;
+    }
+    let n = u32_at(head, 24)? as usize;
+    let body_at = at + COMMIT;
+    let checks = bytes.get(body_at..body_at.checked_add(n.checked_mul(CHECK)?)?)?;
+    if n == 0 || crc32fast::hash(checks) != u32_at(head, 28)? {
+        return None;
+    }
+    let commit = Commit {
+        end_count: u64_at(head, 0)?,
+        end_offset: u64_at(head, 8)?,
+        received: u64_at(head, 16)? as i64,
+    };
+    let mut group_bytes = 0u64;
+    for k in checks.chunks_exact(CHECK) {
+        let len = u64::from(u32_at(k, 0)?);
+        if len == 0 {
+            return None;
+        }
+        group_bytes += len;
+    }
+    Some(Group {
+        commit,
+        start_count: commit.end_count.checked_sub(n as u64)?,
+        start_offset: commit.end_offset.checked_sub(group_bytes)?,
+        checks,
+        len: COMMIT + n * CHECK,
     })
 }
 
-/// Reads and decodes a receive-time file. Blocking.
+/// Format 2: every valid group in order. A damaged group is skipped over
+/// (the next valid group that starts at or after the last one's end is
+/// found byte by byte); its records get a commit of their own, received
+/// when the next group was, with unknown checks. A torn or damaged tail
+/// with no valid group after it ends the file.
+fn parse_2(first: u64, bytes: &[u8]) -> Times {
+    let mut t = Times {
+        first,
+        valid_len: HEADER as u64,
+        ..Times::default()
+    };
+    let mut at = HEADER;
+    let (mut end_count, mut end_offset, mut received) = (0u64, 0u64, i64::MIN);
+    while at < bytes.len() {
+        let fits = |g: &Group<'_>| {
+            g.start_count >= end_count
+                && g.start_offset >= end_offset
+                && (g.start_count > end_count) == (g.start_offset > end_offset)
+                && g.commit.received >= received
+        };
+        let found = match group_at(bytes, at).filter(fits) {
+            Some(g) => Some((at, g)),
+            None => (at + 1..bytes.len().saturating_sub(COMMIT - 1))
+                .filter(|&p| u32_at(bytes, p + 32) == Some(TAG_COMMIT_2))
+                .find_map(|p| group_at(bytes, p).filter(fits).map(|g| (p, g))),
+        };
+        let Some((p, g)) = found else { break };
+        if p != at || g.start_count > end_count {
+            t.lost_groups += 1;
+        }
+        if g.start_count > end_count {
+            // Records whose group was lost: their place is known from the
+            // groups around them, their bytes can no longer be checked.
+            t.checks.extend(std::iter::repeat_n(
+                Check::UNKNOWN,
+                (g.start_count - end_count) as usize,
+            ));
+            t.commits.push(Commit {
+                end_count: g.start_count,
+                end_offset: g.start_offset,
+                received: g.commit.received,
+            });
+        }
+        t.checks.extend(g.checks.chunks_exact(CHECK).map(|k| Check {
+            len: u32_at(k, 0).unwrap_or(0),
+            crc: u32_at(k, 4).unwrap_or(0),
+        }));
+        t.commits.push(g.commit);
+        (end_count, end_offset, received) =
+            (g.commit.end_count, g.commit.end_offset, g.commit.received);
+        at = p + g.len;
+        t.valid_len = at as u64;
+    }
+    t
+}
+
+/// Reads and decodes a record file. Blocking.
 pub(crate) fn read(path: &Path) -> io::Result<Option<Times>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     Ok(parse(&bytes))
-}
-
-/// Index of the group that holds the record at `index` (0-based within the
-/// segment), or `None` past the last commit.
-pub(crate) fn group_of(commits: &[Commit], index: u64) -> Option<usize> {
-    let g = commits.partition_point(|c| c.end_count <= index);
-    (g < commits.len()).then_some(g)
 }
 
 /// When the record starting at byte `offset` was received.
@@ -140,39 +346,112 @@ mod tests {
         }
     }
 
+    fn k(len: u32, crc: u32) -> Check {
+        Check { len, crc }
+    }
+
+    /// Three groups: 1 record of 10 bytes, 2 of 10, 1 of 11.
+    fn sample() -> (Vec<Commit>, Vec<Check>, Vec<u8>) {
+        let commits = vec![c(1, 10, 5), c(3, 30, 5), c(4, 41, 9)];
+        let checks = vec![k(10, 1), k(10, 2), k(10, 3), k(11, 4)];
+        let bytes = encode(7, 1, &commits, &checks);
+        (commits, checks, bytes)
+    }
+
     #[test]
-    fn round_trip_and_damage_is_cut() {
-        let mut bytes = header(7, 1).to_vec();
-        for x in [c(1, 10, 5), c(3, 30, 5), c(4, 41, 9)] {
-            bytes.extend_from_slice(&commit(&x));
-        }
+    fn round_trip_and_a_torn_tail_is_cut() {
+        let (commits, checks, bytes) = sample();
         let t = parse(&bytes).unwrap();
         assert_eq!(t.first, 7);
-        assert_eq!(t.commits.len(), 3);
+        assert_eq!(t.commits, commits);
+        assert_eq!(t.checks, checks);
         assert_eq!(t.valid_len, bytes.len() as u64);
+        assert!(t.fully_checked());
+        assert_eq!(t.lost_groups, 0);
 
-        // A torn last record and a flipped bit both end the valid prefix.
+        // A torn last group ends the valid prefix.
         let torn = &bytes[..bytes.len() - 5];
-        assert_eq!(parse(torn).unwrap().commits.len(), 2);
-        let mut flipped = bytes.clone();
-        flipped[RECORD * 2 + 3] ^= 1;
-        let t = parse(&flipped).unwrap();
-        assert_eq!(t.commits.len(), 1);
-        assert_eq!(t.valid_len, 2 * RECORD as u64);
+        let t = parse(torn).unwrap();
+        assert_eq!(t.commits.len(), 2);
+        assert_eq!(t.checks.len(), 3);
         // Zeros, as delayed allocation leaves after a power loss, are damage too.
-        let mut zeros = bytes[..RECORD * 2].to_vec();
-        zeros.extend_from_slice(&[0u8; RECORD * 2]);
+        let mut zeros = bytes[..HEADER + COMMIT + CHECK].to_vec();
+        zeros.extend_from_slice(&[0u8; 200]);
         assert_eq!(parse(&zeros).unwrap().commits.len(), 1);
-        assert!(parse(&[0u8; RECORD]).is_none());
+        assert!(parse(&[0u8; HEADER]).is_none());
+        // A damaged header: the groups are still read, the first position
+        // is left to the caller.
+        let mut head = bytes.clone();
+        head[2] ^= 1;
+        let t = parse(&head).unwrap();
+        assert_eq!((t.first, t.count()), (0, 4));
+    }
+
+    #[test]
+    fn a_damaged_group_in_the_middle_is_skipped_over_keeping_positions() {
+        let (_, _, bytes) = sample();
+        // Flip a bit in the second group's commit, then in one of its checks.
+        let second = HEADER + COMMIT + CHECK;
+        for at in [second + 3, second + COMMIT + 5] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1;
+            let t = parse(&damaged).unwrap();
+            assert_eq!(t.lost_groups, 1, "flip at {at}");
+            // The lost group becomes a commit of its own with unknown checks,
+            // received when the group after it was.
+            assert_eq!(t.commits, [c(1, 10, 5), c(3, 30, 9), c(4, 41, 9)]);
+            assert_eq!(
+                t.checks,
+                [k(10, 1), Check::UNKNOWN, Check::UNKNOWN, k(11, 4)]
+            );
+            assert!(!t.fully_checked());
+            assert_eq!(t.valid_len, bytes.len() as u64);
+        }
+        // A byte inserted inside the file: the groups after it are found again.
+        let mut inserted = bytes.clone();
+        inserted.insert(second + 7, 0xAA);
+        let t = parse(&inserted).unwrap();
+        assert_eq!(t.count(), 4);
+        assert_eq!(t.checks[3], k(11, 4));
+    }
+
+    #[test]
+    fn format_1_is_read_without_checks() {
+        let mut bytes = Vec::new();
+        let enc = |a: u64, b: u64, x: i64, tag: u32| {
+            let mut r = [0u8; HEADER];
+            r[0..8].copy_from_slice(&a.to_le_bytes());
+            r[8..16].copy_from_slice(&b.to_le_bytes());
+            r[16..24].copy_from_slice(&x.to_le_bytes());
+            r[24..28].copy_from_slice(&tag.to_le_bytes());
+            let crc = crc32fast::hash(&r[..28]);
+            r[28..32].copy_from_slice(&crc.to_le_bytes());
+            r
+        };
+        bytes.extend_from_slice(&enc(7, 0, 1, TAG_HEADER_1));
+        bytes.extend_from_slice(&enc(2, 20, 5, TAG_COMMIT_1));
+        bytes.extend_from_slice(&enc(3, 31, 6, TAG_COMMIT_1));
+        let t = parse(&bytes).unwrap();
+        assert_eq!((t.first, t.count(), t.checks.len()), (7, 3, 0));
+        assert!(!t.fully_checked());
+        let mut flipped = bytes.clone();
+        flipped[HEADER * 2 + 3] ^= 1;
+        assert_eq!(parse(&flipped).unwrap().commits.len(), 1);
+    }
+
+    #[test]
+    fn checks_tell_a_record_from_a_damaged_one() {
+        let line = b"{\"a\":1}\n";
+        let check = Check::of(line);
+        assert!(check.matches(line));
+        assert!(!check.matches(b"{\"a\":2}\n"));
+        assert!(!check.matches(b"{\"a\":1}\x0b"));
+        assert!(!Check::UNKNOWN.matches(b""));
     }
 
     #[test]
     fn lookups() {
         let commits = [c(2, 20, 100), c(5, 50, 200)];
-        assert_eq!(group_of(&commits, 0), Some(0));
-        assert_eq!(group_of(&commits, 1), Some(0));
-        assert_eq!(group_of(&commits, 2), Some(1));
-        assert_eq!(group_of(&commits, 5), None);
         assert_eq!(received_at_offset(&commits, 0), Some(100));
         assert_eq!(received_at_offset(&commits, 19), Some(100));
         assert_eq!(received_at_offset(&commits, 20), Some(200));

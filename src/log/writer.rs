@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::chain::Head;
 use super::index::{self, LookupError, SealedKeys};
 use super::keys::KeyIndex;
 use super::names::{DATA, KEYS};
 use super::open::{self, Active, Opened, Sealed};
-use super::times::{self, Commit};
+use super::times::{self, Check, Commit};
 use super::{
     annotate, now_nanos, ActiveMeta, Append, Appended, Fsync, LogConfig, LogError, LogRecord,
     Shared,
 };
+use sha2::Digest as _;
 
 /// Most appends written and synced as one group; bounds the group buffer.
 const MAX_GROUP_JOBS: usize = 512;
@@ -45,6 +47,11 @@ pub(crate) struct Writer {
     /// Written but not yet synced (interval and never policies).
     pub(super) dirty: bool,
     buf: Vec<u8>,
+    /// The checks of the records in `buf`, and the group's record bytes.
+    group_checks: Vec<Check>,
+    times_buf: Vec<u8>,
+    /// The newest seal of the stream: the next seal links to it.
+    pub(super) head: Option<Head>,
     /// Receive times never go back, even if the clock does.
     pub(super) last_received: i64,
     /// Logged once per change, not once per call.
@@ -71,6 +78,9 @@ impl Writer {
             state: None,
             dirty: false,
             buf: Vec::with_capacity(64 * 1024),
+            group_checks: Vec::with_capacity(MAX_GROUP_JOBS),
+            times_buf: Vec::with_capacity(4096),
+            head: None,
             last_received: 0,
             retention_blocked: false,
             syncer: None,
@@ -183,6 +193,7 @@ impl Writer {
         let received = self.next_received();
         let cutoff = received.saturating_sub(self.window());
         self.buf.clear();
+        self.group_checks.clear();
         let mut outcomes: Vec<Result<Vec<Appended>, LogError>> = Vec::with_capacity(jobs.len());
         // Keys written by this group; they become "seen" only once durable.
         let mut pending: HashSet<&str> = HashSet::new();
@@ -193,7 +204,12 @@ impl Writer {
         };
         let mut written = 0u64;
         for job in jobs.iter() {
-            let mark = (self.buf.len(), new_keys.len(), written);
+            let mark = (
+                self.buf.len(),
+                new_keys.len(),
+                written,
+                self.group_checks.len(),
+            );
             let mut out = Vec::with_capacity(job.select.len());
             let mut error = None;
             for &i in &job.select {
@@ -220,6 +236,7 @@ impl Writer {
                     new_keys.push((key, base_len + self.buf.len() as u64));
                 }
                 self.buf.extend_from_slice(r.line());
+                self.group_checks.push(Check::of(r.line()));
                 written += 1;
                 let first = self.state.as_ref().map_or(1, |s| s.active.first);
                 out.push(Appended::Written(first + base_count + written - 1));
@@ -229,6 +246,7 @@ impl Writer {
                 Some(e) => {
                     // Nothing of this append is written; its keys stay free.
                     self.buf.truncate(mark.0);
+                    self.group_checks.truncate(mark.3);
                     for (k, _) in new_keys.drain(mark.1..) {
                         pending.remove(k);
                     }
@@ -339,9 +357,8 @@ impl Writer {
         let Some(s) = st.sealed.iter_mut().find(|s| s.summary.first == first) else {
             return Ok(());
         };
+        s.summary = super::segment::reindex(&names, &self.config, first, why)?;
         let data = File::open(names.sealed(first, DATA))?;
-        let len = data.metadata()?.len();
-        s.summary = super::segment::rebuild(&names, &self.config, &data, first, len, why)?;
         let index = KeyIndex::open(&names.sealed(first, KEYS))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
         s.keys = Some(SealedKeys { index, data });
@@ -359,12 +376,18 @@ impl Writer {
             end_offset: st.active.len + self.buf.len() as u64,
             received,
         };
+        self.times_buf.clear();
+        times::group(&commit, &self.group_checks, &mut self.times_buf);
         (&*st.active.data)
             .write_all(&self.buf)
             .map_err(|e| annotate(e, "write", &names.active_data()))?;
         (&*st.active.times)
-            .write_all(&times::commit(&commit))
+            .write_all(&self.times_buf)
             .map_err(|e| annotate(e, "write", &names.active_times()))?;
+        // Hashed as written, so that the seal reads nothing again.
+        if let Some(h) = &mut st.active.hash {
+            h.update(&self.buf);
+        }
         self.dirty = true;
         if self.config.fsync == Fsync::Always {
             self.sync()?;
@@ -374,7 +397,14 @@ impl Writer {
         };
         st.active.count = commit.end_count;
         st.active.len = commit.end_offset;
-        st.active.times_len += times::RECORD as u64;
+        st.active.times_len += self.times_buf.len() as u64;
+        // Checks before the commit: a reader that sees a commit finds the
+        // checks of its records.
+        st.meta
+            .checks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(&self.group_checks);
         st.meta
             .commits
             .write()

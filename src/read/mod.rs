@@ -64,7 +64,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::log::{Log, LogReader, SeekError, Snapshot, Summary};
+use crate::log::{Log, LogReader, ReadError as LogReadError, SeekError, Snapshot, Summary};
 
 pub mod build;
 pub mod checkpoint;
@@ -139,8 +139,24 @@ pub enum ReadError {
     /// A line of the log is not a record of its stream.
     #[error("the record at position {position} cannot be read: {reason}")]
     Damaged { position: u64, reason: String },
+    /// Records the log cannot give: damaged on disk, or no file holds them
+    /// (the message names stream, position and file).
+    #[error("{0}")]
+    DataLoss(String),
     #[error("reading the ledger: {0}")]
     Io(#[from] io::Error),
+}
+
+impl From<LogReadError> for ReadError {
+    fn from(e: LogReadError) -> Self {
+        match e {
+            LogReadError::Pruned { first } => ReadError::Pruned { first },
+            LogReadError::Io(e) => ReadError::Io(e),
+            e @ (LogReadError::Damaged { .. } | LogReadError::Missing { .. }) => {
+                ReadError::DataLoss(e.to_string())
+            }
+        }
+    }
 }
 
 impl From<SeekError> for ReadError {

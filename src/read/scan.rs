@@ -2,7 +2,7 @@
 //! the caller with its position, receive time and usage fields, straight
 //! from the segment files, without allocating per record.
 
-use crate::log::{LogReader, ReadError as LogReadError};
+use crate::log::LogReader;
 use crate::usage::EntryRef;
 use crate::wire;
 
@@ -102,8 +102,5 @@ fn visit(
     max: usize,
     f: impl FnMut(u64, i64, &[u8]),
 ) -> Result<usize, ReadError> {
-    reader.visit(max, CHUNK_BYTES, f).map_err(|e| match e {
-        LogReadError::Pruned { first } => ReadError::Pruned { first },
-        LogReadError::Io(e) => ReadError::Io(e),
-    })
+    reader.visit(max, CHUNK_BYTES, f).map_err(ReadError::from)
 }

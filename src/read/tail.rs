@@ -105,42 +105,50 @@ pub fn chunk(
     let mut records = Vec::new();
     let mut position = reader.next_position().saturating_sub(1);
     let mut damage: Option<ReadError> = None;
-    reader
-        .visit(MAX_RECORDS, MAX_BYTES, |at, received, line| {
-            if damage.is_some() {
-                return;
-            }
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            match decode(req.stream, line) {
-                Ok(record) => {
-                    position = at;
-                    let wanted = match &record {
-                        pb::tail_record::Record::Entry(e) => {
-                            req.kinds.is_empty() || req.kinds.contains(&e.kind)
-                        }
-                        pb::tail_record::Record::Batch(_) => true,
-                    };
-                    if wanted {
-                        records.push(pb::TailRecord {
-                            position: at,
-                            received_at: Some(crate::usage::timestamp(i128::from(received))),
-                            record: Some(record),
-                            line: line.to_vec(),
-                        });
+    let visited = reader.visit(MAX_RECORDS, MAX_BYTES, |at, received, line| {
+        if damage.is_some() {
+            return;
+        }
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        match decode(req.stream, line) {
+            Ok(record) => {
+                position = at;
+                let wanted = match &record {
+                    pb::tail_record::Record::Entry(e) => {
+                        req.kinds.is_empty() || req.kinds.contains(&e.kind)
                     }
-                }
-                Err(e) => {
-                    damage = Some(ReadError::Damaged {
+                    pb::tail_record::Record::Batch(_) => true,
+                };
+                if wanted {
+                    records.push(pb::TailRecord {
                         position: at,
-                        reason: e.to_string(),
-                    })
+                        received_at: Some(crate::usage::timestamp(i128::from(received))),
+                        record: Some(record),
+                        line: line.to_vec(),
+                    });
                 }
             }
-        })
-        .map_err(|e| match e {
-            LogReadError::Pruned { first } => ReadError::Pruned { first },
-            LogReadError::Io(e) => ReadError::Io(e),
-        })?;
+            Err(e) => {
+                damage = Some(ReadError::Damaged {
+                    position: at,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    });
+    match visited {
+        Ok(_) => {}
+        // Damage on disk ends the call after every record before it; the
+        // reader is past it, so a new call with `after` at the damage goes
+        // on with the records behind it.
+        Err(e @ (LogReadError::Damaged { .. } | LogReadError::Missing { .. })) => {
+            let resume = reader.next_position().saturating_sub(1);
+            damage = Some(ReadError::DataLoss(format!(
+                "{e}; every record before it was sent; resume with after = {resume} for the records after it"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let caught_up = damage.is_none() && reader.next_position() > source.end();
     Ok(Chunk {
         response: pb::TailResponse {

@@ -96,7 +96,7 @@ pub(crate) fn tail_read(e: ReadError) -> Status {
     match e {
         ReadError::Pruned { first } => pruned(first),
         ReadError::Beyond { after, end } => tail_seek(SeekError::Beyond { after, end }),
-        ReadError::Damaged { .. } => Status::data_loss(e.to_string()),
+        ReadError::Damaged { .. } | ReadError::DataLoss(_) => Status::data_loss(e.to_string()),
         ReadError::Io(_) => Status::unavailable(e.to_string()),
     }
 }
@@ -115,7 +115,7 @@ pub(crate) fn usage_read(e: ReadError) -> Status {
             "{e} while the query read them (retention); ask again"
         )),
         ReadError::Beyond { .. } | ReadError::Io(_) => Status::unavailable(e.to_string()),
-        ReadError::Damaged { .. } => Status::data_loss(e.to_string()),
+        ReadError::Damaged { .. } | ReadError::DataLoss(_) => Status::data_loss(e.to_string()),
     }
 }
 

@@ -70,6 +70,7 @@ impl Spool {
         // A spool keeps what is not delivered, whatever its age.
         config.retention = None;
         config.retention_bytes = None;
+        config.keep_seals = false;
         let ledger = Ledger::open(&config)?;
         Ok(Spool {
             dir: config.dir.clone(),
@@ -122,12 +123,27 @@ impl Spool {
     /// Reads the next window at `reader`. Lines that do not decode are
     /// appended to `quarantine.jsonl` and skipped. Blocking.
     pub fn read(&self, stream: Stream, reader: &mut LogReader) -> io::Result<Window> {
-        let lines = reader
-            .read(WINDOW_RECORDS, WINDOW_BYTES)
-            .map_err(|e| match e {
-                ReadError::Io(e) => e,
-                e @ ReadError::Pruned { .. } => io::Error::other(e.to_string()),
-            })?;
+        let lines = match reader.read(WINDOW_RECORDS, WINDOW_BYTES) {
+            Ok(lines) => lines,
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(e @ ReadError::Pruned { .. }) => return Err(io::Error::other(e.to_string())),
+            // Damaged on disk (or gone): set aside, and delivery goes on
+            // with the records behind it (the reader is past it).
+            Err(e @ (ReadError::Damaged { .. } | ReadError::Missing { .. })) => {
+                let (raw, records) = match &e {
+                    ReadError::Damaged { raw, .. } => (raw.as_slice(), 1),
+                    ReadError::Missing { from, to, .. } => (&[][..], to - from + 1),
+                    _ => (&[][..], 0),
+                };
+                self.quarantine(stream, raw, &e.to_string())?;
+                return Ok(Window {
+                    records: Vec::new(),
+                    last: Some(reader.next_position() - 1),
+                    oldest_received: None,
+                    quarantined: records,
+                });
+            }
+        };
         let mut window = Window {
             records: Vec::with_capacity(lines.len()),
             last: lines.last().map(|l| l.position),
