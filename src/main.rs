@@ -39,6 +39,7 @@ async fn main() -> ExitCode {
         Command::Health(args) => cli::client::health(args).await,
         Command::Usage(args) => cli::usage::usage(args).await,
         Command::Tail(args) => cli::tail::tail(args).await,
+        Command::Verify(args) => cli::verify::verify(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

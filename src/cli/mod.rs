@@ -24,6 +24,7 @@ mod serve;
 pub mod tail;
 pub mod usage;
 mod usage_output;
+pub mod verify;
 
 pub use config::{effective_config, parse_from};
 pub use serve::{check, serve};
@@ -56,6 +57,8 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// Print one stream of the ledger from a position, optionally following it.
     Tail(tail::TailArgs),
+    /// Check a ledger directory against its seals and checksums; exits 0 only when everything holds.
+    Verify(verify::VerifyArgs),
 }
 
 /// Log line format.

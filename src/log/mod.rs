@@ -47,11 +47,14 @@ mod syncer;
 #[doc(hidden)]
 pub mod testing;
 mod times;
+pub mod verify;
 mod walk;
 mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_damage;
 
 pub use config::{Fsync, LogConfig};
 pub use keys::Summary;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 
-struct Rec {
+pub(super) struct Rec {
     key: Option<String>,
     line: Vec<u8>,
 }
@@ -23,7 +23,7 @@ impl LogRecord for Rec {
     }
 }
 
-fn rec(key: Option<&str>, n: usize) -> Rec {
+pub(super) fn rec(key: Option<&str>, n: usize) -> Rec {
     let line = match key {
         Some(k) => format!("{{\"id\":\"{k}\",\"n\":{n}}}\n"),
         None => format!("{{\"n\":{n}}}\n"),
@@ -34,7 +34,7 @@ fn rec(key: Option<&str>, n: usize) -> Rec {
     }
 }
 
-fn key_of(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
+pub(super) fn key_of(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
     #[derive(serde::Deserialize)]
     struct L<'a> {
         #[serde(borrow, default)]
@@ -46,7 +46,7 @@ fn key_of(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
     Ok(l.id)
 }
 
-fn config(dir: &Path) -> LogConfig {
+pub(super) fn config(dir: &Path) -> LogConfig {
     LogConfig {
         dir: dir.to_path_buf(),
         stream: "entries",
@@ -63,7 +63,7 @@ fn config(dir: &Path) -> LogConfig {
     }
 }
 
-async fn append(log: &Log<Rec>, recs: Vec<Rec>) -> Vec<Appended> {
+pub(super) async fn append(log: &Log<Rec>, recs: Vec<Rec>) -> Vec<Appended> {
     let (reply, done) = tokio::sync::oneshot::channel();
     let select = (0..recs.len()).collect();
     log.append(Append {
@@ -75,7 +75,7 @@ async fn append(log: &Log<Rec>, recs: Vec<Rec>) -> Vec<Appended> {
     done.await.unwrap().unwrap()
 }
 
-async fn open(cfg: &LogConfig) -> Log<Rec> {
+pub(super) async fn open(cfg: &LogConfig) -> Log<Rec> {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || Log::open(cfg))
         .await
@@ -83,7 +83,7 @@ async fn open(cfg: &LogConfig) -> Log<Rec> {
         .unwrap()
 }
 
-fn read_all(log: &Log<Rec>, after: u64) -> Vec<LogLine> {
+pub(super) fn read_all(log: &Log<Rec>, after: u64) -> Vec<LogLine> {
     let mut r = log.reader(after).unwrap();
     let mut out = Vec::new();
     loop {
@@ -95,7 +95,7 @@ fn read_all(log: &Log<Rec>, after: u64) -> Vec<LogLine> {
     }
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
+pub(super) fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -333,7 +333,7 @@ async fn recovery_cuts_garbage_even_when_a_newline_follows_it() {
 /// would: every one opens with every record exactly once.
 #[tokio::test]
 async fn a_seal_interrupted_at_any_step_is_finished_or_undone() {
-    for step in 0..4 {
+    for step in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
         let log = open(&cfg).await;
@@ -351,9 +351,13 @@ async fn a_seal_interrupted_at_any_step_is_finished_or_undone() {
             segment::write_keys(&n, &data, 1, 2, len, &t.commits, &keyed).unwrap();
         }
         if step >= 2 {
-            std::fs::rename(n.active_times(), n.sealed(1, names::TIMES)).unwrap();
+            let sha = seal::sha256_of(&data, len).unwrap();
+            seal::write_seal(&n, 1, 2, len, sha, None, 1).unwrap();
         }
         if step >= 3 {
+            std::fs::rename(n.active_times(), n.sealed(1, names::TIMES)).unwrap();
+        }
+        if step >= 4 {
             std::fs::rename(n.active_data(), n.sealed(1, names::DATA)).unwrap();
         }
         let log = open(&cfg).await;

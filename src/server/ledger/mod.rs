@@ -12,9 +12,10 @@ use tonic::{Request, Response, Status};
 use super::{count_rpc, Shared};
 use crate::ledger::Ledger;
 use crate::pb::ledger_service_server::LedgerService;
-use crate::pb::{TailRequest, UsageRequest};
+use crate::pb::{HeadRequest, HeadResponse, TailRequest, UsageRequest};
 use crate::read::build::Checkpoints;
 
+mod head;
 mod tail;
 mod usage;
 
@@ -88,5 +89,18 @@ impl LedgerService for Reader {
         started
             .map(Response::new)
             .inspect_err(|s| count_rpc("Usage", s.code()))
+    }
+
+    async fn head(&self, request: Request<HeadRequest>) -> Result<Response<HeadResponse>, Status> {
+        let answer = self
+            .ledger()
+            .and_then(|ledger| head::head(&ledger, &request.into_inner()));
+        count_rpc(
+            "Head",
+            answer
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        answer.map(Response::new)
     }
 }
