@@ -3,9 +3,11 @@
 //! the snapshot was taken (the active file up to its last recorded group),
 //! so a snapshot never sees a torn or unacknowledged line.
 //!
-//! A seal or a retention deletion may happen while the snapshot is taken;
-//! the listing is then taken again until two agree, so that a segment
-//! being sealed is seen exactly once: as the active file or as a segment.
+//! A seal or a retention deletion may happen while the snapshot is taken.
+//! The active file is read first (data, then its record file, then checked
+//! to still be the active one), the segments listed after it and cut at its
+//! first position, so that a segment being sealed is seen exactly once: as
+//! the active file or as a segment. A seal in the middle means reading again.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -24,7 +26,7 @@ use super::times::{self, Check, Commit};
 use super::{annotate, ActiveMeta, LogReader, SeekError, SegmentView, Shared, View};
 
 /// Attempts at a listing that no seal or deletion changed meanwhile.
-const ATTEMPTS: usize = 50;
+const ATTEMPTS: usize = 1000;
 
 /// A fixed view of a log directory.
 pub struct Snapshot {
@@ -51,12 +53,22 @@ impl Snapshot {
         let mut attempt = 0;
         let (sealed, active) = loop {
             attempt += 1;
-            let listed = list(&names)?;
             let active = read_active(&names)?;
-            let mut sealed = Vec::with_capacity(listed.len());
+            // The active file still the one whose record file was read: no
+            // seal renamed it meanwhile.
+            let stable = active.id == file_id(&names.active_data());
+            // Listed after the active file was read: every segment sealed
+            // before it is there. One sealed since holds records that the
+            // active file as read still has: left out.
+            let upto = if active.first > 0 {
+                active.first
+            } else {
+                u64::MAX
+            };
+            let mut sealed = Vec::new();
             let mut gone = false;
             let mut bytes = 0;
-            for &first in &listed {
+            for first in list(&names)?.into_iter().filter(|&f| f < upto) {
                 match sealed_view(&names, first) {
                     Ok((summary, written_len)) => {
                         sealed.push(SegmentView {
@@ -66,18 +78,19 @@ impl Snapshot {
                         });
                         bytes += summary.data_len;
                     }
+                    // Deleted by retention since the listing: look again.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => gone = true,
                     Err(e) => return Err(e),
                 }
             }
-            // Unchanged meanwhile: the same segments, and the active file
-            // still the one that was read.
-            let still = !gone
-                && list(&names)? == listed
-                && active.id == file_id(&names.active_data())
-                && read_first(&names).unwrap_or(0) == active.first;
-            if still || attempt >= ATTEMPTS {
+            if stable && !gone {
                 break (sealed, active);
+            }
+            if attempt >= ATTEMPTS {
+                return Err(io::Error::other(format!(
+                    "{}: the {stream} files kept changing while they were read ({ATTEMPTS} attempts); try again",
+                    dir.display()
+                )));
             }
         };
         let bytes: u64 = sealed.iter().map(|s| s.summary.data_len).sum();
@@ -164,41 +177,36 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-fn read_first(names: &Names) -> Option<u64> {
-    times::read(&names.active_times())
-        .ok()
-        .flatten()
-        .map(|t| t.first)
-}
-
 /// The active file and what its record file says, record file first: a
 /// seal renames it first, so a data file opened after it is never newer.
 fn read_active(names: &Names) -> io::Result<ActiveState> {
+    // The data file first: a record file read after it is never older, and
+    // groups are written to the data before their record.
+    let data_path = names.active_data();
+    let data = match File::open(&data_path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(annotate(e, "open", &data_path)),
+    };
     let recorded = match times::read(&names.active_times()) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(annotate(e, "read", &names.active_times())),
     };
-    let data_path = names.active_data();
-    let data = match File::open(&data_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(ActiveState {
-                data: File::open("/dev/null")?,
-                first: recorded.map_or(0, |t| t.first),
-                commits: Vec::new(),
-                checks: Vec::new(),
-                id: None,
-            })
-        }
-        Err(e) => return Err(annotate(e, "open", &data_path)),
+    let Some(data) = data else {
+        return Ok(ActiveState {
+            data: File::open("/dev/null")?,
+            first: recorded.map_or(0, |t| t.first),
+            commits: Vec::new(),
+            checks: Vec::new(),
+            id: None,
+        });
     };
     let meta = data.metadata()?;
     let id = Some((meta.dev(), meta.ino()));
     let len = meta.len();
     match recorded {
         Some(t) => {
-            // Groups written after the data were read are not in it yet.
             let commits: Vec<Commit> = t
                 .commits
                 .into_iter()

@@ -304,7 +304,8 @@ fn check_segment(names: &Names, first: u64, seal: &Seal, r: &mut Report) -> io::
     };
     if len != seal.bytes || chain::hex(&sha) != seal.sha256 {
         r.failures.push(Failure {
-            position: Some(first),
+            // Where the records show it, if they do.
+            position: Some(walked.damaged.first().map_or(first, |i| first + i)),
             file: data_path,
             reason: format!(
                 "the segment ({len} bytes) is not the one sealed ({} bytes, SHA-256 {})",

@@ -12,6 +12,7 @@ mod faults;
 mod forward;
 mod grpcurl;
 mod http;
+mod integrity;
 mod ledger;
 mod nats;
 mod ops;

@@ -259,5 +259,5 @@ fn usage_descriptor_set_serves_ledger_service() {
     let service = &ledger.service[0];
     assert_eq!(service.name(), "LedgerService");
     let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["Tail", "Usage"]);
+    assert_eq!(methods, ["Tail", "Usage", "Head"]);
 }
