@@ -57,6 +57,16 @@ pub(super) fn open_active(
         Err(e) => return Err(annotate(e, "read", &times_path)),
     };
     let times_file_len = std::fs::metadata(&times_path).map_or(0, |m| m.len());
+    if let Some(first) = recorded.as_ref().map(|t| t.first).filter(|&f| f > 0) {
+        if first < expected_first {
+            return Err(super::segment::refuse(format!(
+                "the log's files overlap: {} starts at position {first}, but the segments (or seals) beside it hold positions up to {}; move the one that does not belong out of {}",
+                data_path.display(),
+                expected_first - 1,
+                names.dir.display()
+            )));
+        }
+    }
     let r = recover(
         names,
         config,
@@ -186,6 +196,9 @@ fn recover(
             commits: &t.commits,
             start: (0, 0),
             checks: &t.checks,
+            // A record file of format 1 has no checks: its lines are what
+            // an earlier meterd acknowledged.
+            trust_unchecked: t.checks.is_empty(),
         },
         config.key_of,
         config.trusted_key_of,
@@ -195,7 +208,10 @@ fn recover(
     r.count = walked.count;
     r.len = walked.end.min(len);
     r.hash = walked.hasher.take();
-    r.shifted_or_lost |= walked.shifted;
+    // Records found away from their place, or a file shorter than its
+    // records (a last record that lost only its newline): sealed as is,
+    // where the walk finds them, never appended to.
+    r.shifted_or_lost |= walked.shifted || walked.end > len;
     r.commits = t.commits;
     (r.checks, r.keyed, r.damaged) = (walked.checks, walked.keyed, walked.damaged);
     Ok(r)

@@ -135,6 +135,33 @@ pub struct Stats {
 }
 
 impl Shared {
+    /// Nothing shown yet: the writer installs what it opened (`data`, the
+    /// active file, stands in until then).
+    fn new(names: Names, data: Arc<std::fs::File>) -> Shared {
+        let (end, _) = watch::channel(0);
+        let (healthy, _) = watch::channel(true);
+        let (segments, _) = watch::channel((0, 0));
+        Shared {
+            names,
+            view: Mutex::new(Arc::new(View {
+                sealed: Vec::new(),
+                active: Arc::new(ActiveMeta {
+                    first: 1,
+                    data,
+                    commits: RwLock::new(Vec::new()),
+                    checks: RwLock::new(Vec::new()),
+                    bytes_before: 0,
+                }),
+            })),
+            end,
+            healthy,
+            segments,
+            active_keys: AtomicU64::new(0),
+            filter_bytes: AtomicU64::new(0),
+            head: Mutex::new(None),
+        }
+    }
+
     fn view(&self) -> Arc<View> {
         self.view
             .lock()
@@ -205,28 +232,7 @@ impl<R: LogRecord> Log<R> {
             dir: config.dir.clone(),
             stream: config.stream,
         };
-        let (end, _) = watch::channel(0);
-        let (healthy, _) = watch::channel(true);
-        let (segments, _) = watch::channel((0, 0));
-        let shared = Arc::new(Shared {
-            names,
-            view: Mutex::new(Arc::new(View {
-                sealed: Vec::new(),
-                active: Arc::new(ActiveMeta {
-                    first: 1,
-                    data: opened.active.data.clone(),
-                    commits: RwLock::new(Vec::new()),
-                    checks: RwLock::new(Vec::new()),
-                    bytes_before: 0,
-                }),
-            })),
-            end,
-            healthy,
-            segments,
-            active_keys: AtomicU64::new(0),
-            filter_bytes: AtomicU64::new(0),
-            head: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new(names, opened.active.data.clone()));
         let writer = Writer::new(config.clone(), shared.clone(), opened);
         tracing::debug!(stream = config.stream, elapsed = ?started.elapsed(), "log opened");
         let (tx, rx) = std::sync::mpsc::channel();

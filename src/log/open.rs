@@ -133,6 +133,33 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
             }
         }
     }
+    // Positions that files without data still show were used: a record
+    // file's, a key index's, and a seal's name (its content may be damaged). No position
+    // they cover is given out again.
+    let mut used_upto = 0u64;
+    for (&first, f) in found.iter().filter(|(_, f)| !f.data) {
+        if active_first.is_some_and(|a| first >= a) {
+            // Written by a seal that a crash cut short: nothing yet.
+            continue;
+        }
+        if f.seal {
+            used_upto = used_upto.max(first);
+        }
+        if f.keys {
+            if let Ok(k) = super::keys::read_summary(&names.sealed(first, KEYS)) {
+                if k.first == first && k.count > 0 {
+                    used_upto = used_upto.max(first + k.count - 1);
+                }
+            }
+        }
+        if f.times {
+            if let Ok(Some(t)) = times::read(&names.sealed(first, TIMES)) {
+                if t.first == first {
+                    used_upto = used_upto.max((first + t.count()).saturating_sub(1));
+                }
+            }
+        }
+    }
     // Index, record and checkpoint files whose data is gone: a deletion or
     // an abandoned seal that a crash interrupted. They describe nothing.
     // Seals stay: retention keeps them, so that the chain stays whole.
@@ -211,7 +238,8 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
     let expected_first = sealed
         .last()
         .map_or(1, |s| s.summary.first + s.summary.count)
-        .max(head.map_or(1, |h| h.last + 1));
+        .max(head.map_or(1, |h| h.last + 1))
+        .max(used_upto + 1);
     let (active, as_is) = open_active(&names, config, expected_first, now, head)?;
     if let Some(s) = as_is {
         head = Some(s.1);

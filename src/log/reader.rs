@@ -309,6 +309,10 @@ impl LogReader {
                         Err(e) => return Err(ReadError::Io(e)),
                     };
                     let recorded = times::read(&names.sealed(s.first, TIMES)).ok().flatten();
+                    // A record file of an earlier meterd has no checks at all.
+                    let format_1 = recorded
+                        .as_ref()
+                        .is_some_and(|t| t.checks.is_empty() && t.count() > 0);
                     let (commits, checks) =
                         sealed_layout(recorded, s.count, seg.written_len, s.received_max);
                     Place {
@@ -319,6 +323,7 @@ impl LogReader {
                             commits: commits.into(),
                             checks: checks.into(),
                             start: (0, 0),
+                            trust_unchecked: format_1,
                         }),
                         active: None,
                         cursor: Cursor::START,
@@ -355,6 +360,7 @@ struct Owned {
     commits: Arc<[Commit]>,
     checks: Arc<[Check]>,
     start: (u64, u64),
+    trust_unchecked: bool,
 }
 
 impl Owned {
@@ -363,6 +369,7 @@ impl Owned {
             commits: &self.commits,
             start: self.start,
             checks: &self.checks,
+            trust_unchecked: self.trust_unchecked,
         }
     }
 }
@@ -403,12 +410,14 @@ impl Place {
                     commits,
                     checks,
                     start,
+                    trust_unchecked: false,
                 }
             }
             (None, None) => Owned {
                 commits: Arc::from(Vec::new()),
                 checks: Arc::from(Vec::new()),
                 start: (0, 0),
+                trust_unchecked: false,
             },
         }
     }

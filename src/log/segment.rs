@@ -213,10 +213,19 @@ pub(crate) fn recorded(names: &Names, first: u64, seal: Option<Seal>) -> io::Res
     }
     let (count, written_len) = match (&seal, &times) {
         (Some(s), _) => (s.count, s.bytes),
-        (None, Some(t)) if t.count() > 0 => (
-            t.count(),
-            t.commits.last().map_or(0, |c| c.end_offset),
-        ),
+        (None, Some(t)) if t.count() > 0 => {
+            let written = t.commits.last().map_or(0, |c| c.end_offset);
+            // A sealed segment is never appended to: where its record file
+            // was cut short (a torn or damaged tail), bytes past what it
+            // covers were records of it. Counted so that no position of them is given again
+            // (a count too high leaves a gap; one too low would renumber).
+            let extra = if t.valid_len < t.len {
+                lines_after(&data_path, written)?
+            } else {
+                (0, 0)
+            };
+            (t.count() + extra.0, written.max(extra.1))
+        }
         _ => {
             return Err(refuse(format!(
                 "{} has no readable record file ({}) and no seal, so its positions cannot be known; restore them, or move the segment out of the ledger directory",
@@ -231,6 +240,30 @@ pub(crate) fn recorded(names: &Names, first: u64, seal: Option<Seal>) -> io::Res
         count,
         written_len,
     })
+}
+
+/// Lines (a last one without its newline counted too) in the data file
+/// after `from`, and the file's length.
+fn lines_after(path: &std::path::Path, from: u64) -> io::Result<(u64, u64)> {
+    let data = File::open(path).map_err(|e| annotate(e, "open", path))?;
+    let len = data.metadata()?.len();
+    let mut n = 0u64;
+    let mut at = from;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = b'\n';
+    while at < len {
+        let want = usize::try_from(len - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let got = super::walk::read_at_most(&data, &mut buf[..want], at)?;
+        if got == 0 {
+            break;
+        }
+        n += memchr::memchr_iter(b'\n', &buf[..got]).count() as u64;
+        last = buf[got - 1];
+        at += got as u64;
+    }
+    Ok((n + u64::from(last != b'\n'), len))
 }
 
 pub(crate) fn refuse(msg: String) -> io::Error {
@@ -351,7 +384,23 @@ fn rebuild(
         .and_then(|t| i64::try_from(t.as_nanosecond()).ok())
         .or_else(|| mtime_nanos(data))
         .unwrap_or(0);
-    let was_missing = rec.times.is_none();
+    let format_1 = rec
+        .times
+        .as_ref()
+        .is_some_and(|t| t.checks.is_empty() && t.count() > 0);
+    // A segment whose record file is gone or lost some checks can still be
+    // read by its lines if it is provably the segment sealed: its SHA-256
+    // is its seal's. Its record file is then made whole again.
+    let lost_checks = rec
+        .times
+        .as_ref()
+        .is_none_or(|t| !format_1 && (!t.fully_checked() || t.lost_groups > 0));
+    let matches_seal = match &rec.seal {
+        Some(s) if lost_checks => {
+            s.bytes == len && super::chain::hex(&super::seal::sha256_of(data, len)?) == s.sha256
+        }
+        _ => false,
+    };
     let (commits, checks) = sealed_layout(
         rec.times.take(),
         rec.count,
@@ -364,20 +413,16 @@ fn rebuild(
             commits: &commits,
             start: (0, 0),
             checks: &checks,
+            trust_unchecked: format_1 || matches_seal,
         },
         config.key_of,
         config.trusted_key_of,
     )?;
     // The record file is written anew only where nothing is lost by it: a
-    // format-1 file gains checks, a missing one is made again from a segment
-    // that still matches its seal (or from every record having read whole).
+    // format-1 file gains checks, a missing one is made again from a
+    // segment that matches its seal.
     let intact = walked.damaged.is_empty() && !walked.shifted;
-    let matches_seal = rec
-        .seal
-        .as_ref()
-        .is_some_and(|s| walked.sha256().map(|h| super::chain::hex(&h)) == Some(s.sha256.clone()));
-    let format_1 = !was_missing && checks.is_empty();
-    if intact && (format_1 || (was_missing && (matches_seal || rec.seal.is_none()))) {
+    if intact && (format_1 || matches_seal) {
         write_times(
             &names.sealed(first, TIMES),
             first,

@@ -15,10 +15,11 @@
 //! Format 2 (`MTH2`), little-endian:
 //! - header, 32 bytes: first position, format (2), created (unix ns),
 //!   tag, CRC of the 28 bytes before it;
-//! - per group, a 40-byte commit: records and bytes in the segment once the
-//!   group was written, receive time, `n` (records in the group), CRC of the
-//!   checks, tag, CRC of the 36 bytes before it; then `n` checks of 8 bytes
-//!   (length with the `\n`, CRC-32 of the line).
+//! - per group, a 48-byte commit: records and bytes in the segment once the
+//!   group was written, receive time, the segment's first position again
+//!   (so that a damaged header loses no position), `n` (records in the
+//!   group), CRC of the checks, tag, CRC of the 44 bytes before it; then `n`
+//!   checks of 8 bytes (length with the `\n`, CRC-32 of the line).
 //!
 //! Every group says where it starts (its end minus its own records), so a
 //! damaged group is skipped over: the parser finds the next valid one, and
@@ -33,7 +34,7 @@ use std::path::Path;
 /// Bytes of the header (and of a format-1 commit).
 pub(crate) const HEADER: usize = 32;
 /// Bytes of a format-2 commit, before its checks.
-pub(crate) const COMMIT: usize = 40;
+pub(crate) const COMMIT: usize = 48;
 /// Bytes of one check.
 pub(crate) const CHECK: usize = 8;
 const TAG_HEADER_1: u32 = 0x4d54_4831; // "MTH1"
@@ -96,6 +97,9 @@ pub(crate) struct Times {
     pub valid_len: u64,
     /// Groups that were damaged and skipped over.
     pub lost_groups: u64,
+    /// Length of the file: more than `valid_len` when its tail is torn or
+    /// damaged.
+    pub len: u64,
 }
 
 impl Times {
@@ -122,8 +126,9 @@ pub(crate) fn header(first: u64, created: i64) -> [u8; HEADER] {
     r
 }
 
-/// Appends one group (its commit, then its records' checks) to `out`.
-pub(crate) fn group(c: &Commit, checks: &[Check], out: &mut Vec<u8>) {
+/// Appends one group of the segment starting at `first` (its commit, then
+/// its records' checks) to `out`.
+pub(crate) fn group(first: u64, c: &Commit, checks: &[Check], out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + COMMIT + checks.len() * CHECK, 0);
     let (head, body) = out[start..].split_at_mut(COMMIT);
@@ -135,12 +140,13 @@ pub(crate) fn group(c: &Commit, checks: &[Check], out: &mut Vec<u8>) {
     head[0..8].copy_from_slice(&c.end_count.to_le_bytes());
     head[8..16].copy_from_slice(&c.end_offset.to_le_bytes());
     head[16..24].copy_from_slice(&c.received.to_le_bytes());
+    head[24..32].copy_from_slice(&first.to_le_bytes());
     let n = u32::try_from(checks.len()).unwrap_or(u32::MAX);
-    head[24..28].copy_from_slice(&n.to_le_bytes());
-    head[28..32].copy_from_slice(&checks_crc.to_le_bytes());
-    head[32..36].copy_from_slice(&TAG_COMMIT_2.to_le_bytes());
-    let crc = crc32fast::hash(&head[..36]);
-    head[36..40].copy_from_slice(&crc.to_le_bytes());
+    head[32..36].copy_from_slice(&n.to_le_bytes());
+    head[36..40].copy_from_slice(&checks_crc.to_le_bytes());
+    head[40..44].copy_from_slice(&TAG_COMMIT_2.to_le_bytes());
+    let crc = crc32fast::hash(&head[..44]);
+    head[44..48].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A whole format-2 file: the header and one group per commit, `checks`
@@ -156,7 +162,7 @@ pub(crate) fn encode(first: u64, created: i64, commits: &[Commit], checks: &[Che
         let hi = usize::try_from(c.end_count)
             .unwrap_or(usize::MAX)
             .min(checks.len());
-        group(c, &checks[lo..hi.max(lo)], &mut out);
+        group(first, c, &checks[lo..hi.max(lo)], &mut out);
         from = c.end_count;
     }
     out
@@ -174,6 +180,12 @@ fn u64_at(b: &[u8], i: usize) -> Option<u64> {
 /// the caller knows it from elsewhere) and the groups are still read;
 /// `None` when there is neither a header nor a group.
 pub(crate) fn parse(bytes: &[u8]) -> Option<Times> {
+    let mut t = parse_any(bytes)?;
+    t.len = bytes.len() as u64;
+    Some(t)
+}
+
+fn parse_any(bytes: &[u8]) -> Option<Times> {
     let h = bytes.get(..HEADER)?;
     let valid = u32_at(h, 28).is_some_and(|crc| crc32fast::hash(&h[..28]) == crc);
     let first = if valid { u64_at(h, 0)? } else { 0 };
@@ -226,6 +238,8 @@ fn parse_1(first: u64, bytes: &[u8]) -> Times {
 /// bytes), its checks' bytes and its length in the file.
 struct Group<'a> {
     commit: Commit,
+    /// The segment's first position, as the group says it.
+    first: u64,
     start_count: u64,
     start_offset: u64,
     checks: &'a [u8],
@@ -234,13 +248,13 @@ struct Group<'a> {
 
 fn group_at(bytes: &[u8], at: usize) -> Option<Group<'_>> {
     let head = bytes.get(at..at.checked_add(COMMIT)?)?;
-    if u32_at(head, 32)? != TAG_COMMIT_2 || crc32fast::hash(&head[..36]) != u32_at(head, 36)? {
+    if u32_at(head, 40)? != TAG_COMMIT_2 || crc32fast::hash(&head[..44]) != u32_at(head, 44)? {
         return None;
     }
-    let n = u32_at(head, 24)? as usize;
+    let n = u32_at(head, 32)? as usize;
     let body_at = at + COMMIT;
     let checks = bytes.get(body_at..body_at.checked_add(n.checked_mul(CHECK)?)?)?;
-    if n == 0 || crc32fast::hash(checks) != u32_at(head, 28)? {
+    if n == 0 || crc32fast::hash(checks) != u32_at(head, 36)? {
         return None;
     }
     let commit = Commit {
@@ -258,6 +272,7 @@ fn group_at(bytes: &[u8], at: usize) -> Option<Group<'_>> {
     }
     Some(Group {
         commit,
+        first: u64_at(head, 24)?,
         start_count: commit.end_count.checked_sub(n as u64)?,
         start_offset: commit.end_offset.checked_sub(group_bytes)?,
         checks,
@@ -280,7 +295,8 @@ fn parse_2(first: u64, bytes: &[u8]) -> Times {
     let (mut end_count, mut end_offset, mut received) = (0u64, 0u64, i64::MIN);
     while at < bytes.len() {
         let fits = |g: &Group<'_>| {
-            g.start_count >= end_count
+            (t.first == 0 || g.first == t.first)
+                && g.start_count >= end_count
                 && g.start_offset >= end_offset
                 && (g.start_count > end_count) == (g.start_offset > end_offset)
                 && g.commit.received >= received
@@ -288,10 +304,14 @@ fn parse_2(first: u64, bytes: &[u8]) -> Times {
         let found = match group_at(bytes, at).filter(fits) {
             Some(g) => Some((at, g)),
             None => (at + 1..bytes.len().saturating_sub(COMMIT - 1))
-                .filter(|&p| u32_at(bytes, p + 32) == Some(TAG_COMMIT_2))
+                .filter(|&p| u32_at(bytes, p + 40) == Some(TAG_COMMIT_2))
                 .find_map(|p| group_at(bytes, p).filter(fits).map(|g| (p, g))),
         };
         let Some((p, g)) = found else { break };
+        if t.first == 0 {
+            // The header was damaged: every group names the first position.
+            t.first = g.first;
+        }
         if p != at || g.start_count > end_count {
             t.lost_groups += 1;
         }
@@ -379,12 +399,12 @@ mod tests {
         zeros.extend_from_slice(&[0u8; 200]);
         assert_eq!(parse(&zeros).unwrap().commits.len(), 1);
         assert!(parse(&[0u8; HEADER]).is_none());
-        // A damaged header: the groups are still read, the first position
-        // is left to the caller.
+        // A damaged header: the groups are still read, and name the first
+        // position too.
         let mut head = bytes.clone();
         head[2] ^= 1;
         let t = parse(&head).unwrap();
-        assert_eq!((t.first, t.count()), (0, 4));
+        assert_eq!((t.first, t.count()), (7, 4));
     }
 
     #[test]

@@ -377,7 +377,12 @@ impl Writer {
             received,
         };
         self.times_buf.clear();
-        times::group(&commit, &self.group_checks, &mut self.times_buf);
+        times::group(
+            st.active.first,
+            &commit,
+            &self.group_checks,
+            &mut self.times_buf,
+        );
         (&*st.active.data)
             .write_all(&self.buf)
             .map_err(|e| annotate(e, "write", &names.active_data()))?;
