@@ -79,6 +79,7 @@ impl LedgerConfig {
             key_of,
             trusted_key_of,
             keep_seals: self.keep_seals,
+            disk: Default::default(),
         }
     }
 

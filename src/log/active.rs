@@ -5,13 +5,13 @@
 //! records were damaged is sealed as it is, so that the damage stays where
 //! it is, reported to every reader, and new records go to a fresh file.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io;
 
 use sha2::{Digest as _, Sha256};
 
 use super::chain::Head;
+use super::disk::Create;
 use super::index::{self, ActiveKeys, SealedKeys};
 use super::keys::{self, KeyIndex, Summary};
 use super::names::{Names, DATA, KEYS, TIMES};
@@ -19,7 +19,7 @@ use super::open::{Active, Sealed};
 use super::segment::{write_keys, write_times};
 use super::times::{self, Check, Commit, Times};
 use super::walk::Span;
-use super::{annotate, sync_dir, LogConfig};
+use super::{annotate, LogConfig};
 
 /// What the records of the active file turned out to be.
 struct Recovered {
@@ -50,7 +50,7 @@ pub(super) fn open_active(
     let data_path = names.active_data();
     let times_path = names.active_times();
     let created = std::fs::symlink_metadata(&data_path).is_err();
-    let data = open_data(&data_path)?;
+    let data = names.create(&data_path, Create::Append)?;
     let recorded = match times::read(&times_path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -77,22 +77,19 @@ pub(super) fn open_active(
         now,
     )?;
     // The snapshot describes exactly the file it was taken of; never used twice.
-    let _ = std::fs::remove_file(names.active_keys());
+    let _ = names.remove(&names.active_keys());
     if !r.damaged.is_empty() || r.shifted_or_lost {
         let (sealed, head) = seal_as_is(names, config, data, &r, head, now)?;
         let active = fresh(names, r.first + r.count, now)?;
         return Ok((active, Some((sealed, head))));
     }
     if r.rewrite {
-        write_times(&times_path, r.first, &r.commits, &r.checks, now)?;
+        write_times(names, &times_path, r.first, &r.commits, &r.checks, now)?;
     }
     if created || r.rewrite {
-        sync_dir(&names.dir)?;
+        names.sync_dir()?;
     }
-    let times = OpenOptions::new()
-        .append(true)
-        .open(&times_path)
-        .map_err(|e| annotate(e, "open", &times_path))?;
+    let times = names.create(&times_path, Create::Append)?;
     let times_len = times.metadata()?.len();
     let mut keys = ActiveKeys::with_capacity(r.keyed.len());
     for &(hash, offset) in &r.keyed {
@@ -113,16 +110,6 @@ pub(super) fn open_active(
         },
         None,
     ))
-}
-
-fn open_data(path: &std::path::Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| annotate(e, "open", path))
 }
 
 /// Reads the active file's records by its record file: the snapshot of a
@@ -245,13 +232,10 @@ fn seal_as_is(
     let summary = write_keys(names, &data, first, r.count, len, &r.commits, &r.keyed)?;
     let sha = super::seal::sha256_of(&data, len)?;
     let new_head = super::seal::write_seal(names, first, r.count, len, sha, head, now)?;
-    sync_dir(&names.dir)?;
-    let rename = |from: std::path::PathBuf, to: std::path::PathBuf| {
-        std::fs::rename(&from, &to).map_err(|e| annotate(e, "rename", &from))
-    };
-    rename(names.active_times(), names.sealed(first, TIMES))?;
-    rename(names.active_data(), names.sealed(first, DATA))?;
-    sync_dir(&names.dir)?;
+    names.sync_dir()?;
+    names.rename(&names.active_times(), &names.sealed(first, TIMES))?;
+    names.rename(&names.active_data(), &names.sealed(first, DATA))?;
+    names.sync_dir()?;
     let cutoff = now.saturating_sub(super::open::window_nanos(config));
     let keys = if summary.received_max >= cutoff {
         let index = KeyIndex::open(&names.sealed(first, KEYS))
@@ -275,13 +259,10 @@ fn seal_as_is(
 /// A new, empty active file starting at `first`.
 fn fresh(names: &Names, first: u64, now: i64) -> io::Result<Active> {
     let times_path = names.active_times();
-    write_times(&times_path, first, &[], &[], now)?;
-    let data = open_data(&names.active_data())?;
-    sync_dir(&names.dir)?;
-    let times = OpenOptions::new()
-        .append(true)
-        .open(&times_path)
-        .map_err(|e| annotate(e, "open", &times_path))?;
+    write_times(names, &times_path, first, &[], &[], now)?;
+    let data = names.create(&names.active_data(), Create::Append)?;
+    names.sync_dir()?;
+    let times = names.create(&times_path, Create::Append)?;
     Ok(Active {
         first,
         data: std::sync::Arc::new(data),
@@ -337,8 +318,13 @@ pub(super) fn save_snapshot(
         received_max: commits.last().map_or(0, |c| c.received),
         tail_hash: keys::tail_hash(data, len)?,
     };
-    keys::write(&names.active_keys(), &summary, &mut keys.entries(commits))?;
-    sync_dir(&names.dir)
+    keys::write(
+        names,
+        &names.active_keys(),
+        &summary,
+        &mut keys.entries(commits),
+    )?;
+    names.sync_dir()
 }
 
 /// Cuts `data` back to `keep`, saving what is cut in `<stream>.damaged`.
@@ -349,16 +335,15 @@ pub(super) fn cut(names: &Names, data: &File, keep: u64, len: u64) -> io::Result
     let mut cut = vec![0u8; usize::try_from(len - keep).unwrap_or(0)];
     std::os::unix::fs::FileExt::read_exact_at(data, &mut cut, keep)?;
     let damaged = names.damaged();
-    let mut out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&damaged)
-        .map_err(|e| annotate(e, "open", &damaged))?;
-    out.write_all(&cut)?;
-    out.sync_all()?;
-    data.set_len(keep)?;
-    data.sync_all()?;
+    let out = names.create(&damaged, Create::Append)?;
+    let path = names.active_data();
+    let disk = &names.disk;
+    disk.write(&out, &damaged, &cut)
+        .and_then(|()| disk.sync(&out, &damaged))
+        .map_err(|e| annotate(e, "write", &damaged))?;
+    disk.set_len(data, &path, keep)
+        .and_then(|()| disk.sync(data, &path))
+        .map_err(|e| annotate(e, "cut", &path))?;
     tracing::warn!(
         stream = names.stream,
         cut_bytes = len - keep,

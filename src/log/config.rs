@@ -68,6 +68,9 @@ pub struct LogConfig {
     /// Seals stay when retention deletes their segments (a ledger: the chain
     /// stays checkable); a spool, which keeps no history, deletes them.
     pub keep_seals: bool,
+    /// Through which the files are changed (the file system; tests record
+    /// or fail changes here).
+    pub disk: super::disk::DiskRef,
 }
 
 impl LogConfig {

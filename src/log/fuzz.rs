@@ -45,7 +45,9 @@ pub fn write_key_index(path: &std::path::Path, keys: &[&str]) -> std::io::Result
         received_max: keys.len() as i64,
         tail_hash: 0,
     };
-    super::keys::write(path, &summary, &mut entries)
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let names = super::names::Names::new(dir, "entries");
+    super::keys::write(&names, path, &summary, &mut entries)
 }
 
 /// The stable hash of a key.
@@ -71,10 +73,7 @@ pub enum Read {
 pub fn damaged_ledger(config: &super::LogConfig) -> Result<(u64, Vec<(u64, Read)>), String> {
     use std::sync::Arc;
     let opened = super::open::open(config).map_err(|e| e.to_string())?;
-    let names = super::names::Names {
-        dir: config.dir.clone(),
-        stream: config.stream,
-    };
+    let names = super::names::Names::of(config);
     let shared = Arc::new(super::Shared::new(names, opened.active.data.clone()));
     let writer = super::writer::Writer::new(config.clone(), shared.clone(), opened);
     let end = *shared.end.borrow();

@@ -14,9 +14,9 @@
 //! fences (16 bytes each: first hash of a block of keys and the block's CRC),
 //! then the keys (24 bytes each: hash, offset, receive time).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::bloom::Bloom;
@@ -74,7 +74,12 @@ impl From<io::Error> for Invalid {
 /// Sorts `keys` and writes the index to `path` through a synced temporary
 /// file, so that a crash leaves either no index or a whole one. The caller
 /// syncs the directory. Blocking.
-pub(crate) fn write(path: &Path, summary: &Summary, keys: &mut [KeyEntry]) -> io::Result<()> {
+pub(crate) fn write(
+    names: &super::names::Names,
+    path: &Path,
+    summary: &Summary,
+    keys: &mut [KeyEntry],
+) -> io::Result<()> {
     keys.sort_unstable();
     let bloom = Bloom::build(keys.iter().map(|k| k.hash), keys.len() as u64);
     // The table is written block by block from the sorted keys (twice
@@ -108,13 +113,15 @@ pub(crate) fn write(path: &Path, summary: &Summary, keys: &mut [KeyEntry]) -> io
     h[92..96].copy_from_slice(&crc.to_le_bytes());
 
     let tmp = super::names::temporary(path);
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
+    let f = names.create(&tmp, super::disk::Create::Truncate)?;
+    let mut w = io::BufWriter::with_capacity(
+        1 << 20,
+        super::disk::Writer {
+            disk: &*names.disk,
+            file: &f,
+            path: &tmp,
+        },
+    );
     w.write_all(&h)?;
     w.write_all(&bloom_bytes)?;
     w.write_all(&fences)?;
@@ -124,8 +131,8 @@ pub(crate) fn write(path: &Path, summary: &Summary, keys: &mut [KeyEntry]) -> io
     }
     w.flush()?;
     drop(w);
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    names.disk.sync(&f, &tmp)?;
+    names.rename(&tmp, path)
 }
 
 /// The table bytes of one block of keys, in `out` (cleared first).

@@ -30,6 +30,7 @@ mod active_keys;
 mod bloom;
 pub mod chain;
 mod config;
+pub mod disk;
 #[doc(hidden)]
 pub mod fuzz;
 mod index;
@@ -228,10 +229,7 @@ impl<R: LogRecord> Log<R> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let started = std::time::Instant::now();
         let opened = open::open(&config)?;
-        let names = Names {
-            dir: config.dir.clone(),
-            stream: config.stream,
-        };
+        let names = Names::of(&config);
         let shared = Arc::new(Shared::new(names, opened.active.data.clone()));
         let writer = Writer::new(config.clone(), shared.clone(), opened);
         tracing::debug!(stream = config.stream, elapsed = ?started.elapsed(), "log opened");
@@ -399,34 +397,8 @@ pub(crate) fn now_nanos() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Makes renames and new files in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| annotate(e, "sync directory", dir))
-}
-
 pub fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
-/// Writes `path` through a synced temporary file renamed over it; the
-/// caller syncs the directory. Blocking.
-pub(crate) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = names::temporary(path);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| annotate(e, "create", &tmp))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| annotate(e, "write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| annotate(e, "rename", path))
 }
 
 /// Replaces `path` with `data` so that a crash leaves either the old or the
@@ -447,7 +419,9 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).map_err(|e| annotate(e, "rename", path))?;
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| annotate(e, "sync directory", dir))?;
     }
     Ok(())
 }

@@ -2,7 +2,12 @@
 //! position, zero-padded, so that `ls` lists the log in order and the active
 //! file (`entries.jsonl`) sorts after every sealed one.
 
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
+
+use super::annotate;
+use super::disk::{Create, DiskRef};
 
 /// The data of a sealed segment: the ledger lines, byte for byte.
 pub(crate) const DATA: &str = "jsonl";
@@ -16,14 +21,74 @@ pub(crate) const SEAL: &str = "seal";
 /// derived, rebuilt whenever missing or stale, deleted with its segment.
 pub(crate) const USAGE: &str = "usage";
 
-/// The files of one stream (`entries` or `batches`) in a directory.
+/// The files of one stream (`entries` or `batches`) in a directory, and
+/// the disk through which they are changed.
 #[derive(Clone, Debug)]
 pub(crate) struct Names {
     pub dir: PathBuf,
     pub stream: &'static str,
+    pub disk: DiskRef,
 }
 
 impl Names {
+    /// The files of `stream` in `dir`, changed on the file system itself.
+    pub fn new(dir: &Path, stream: &'static str) -> Names {
+        Names {
+            dir: dir.to_path_buf(),
+            stream,
+            disk: DiskRef::default(),
+        }
+    }
+
+    /// The files of a configured stream.
+    pub fn of(config: &super::LogConfig) -> Names {
+        Names {
+            dir: config.dir.clone(),
+            stream: config.stream,
+            disk: config.disk.clone(),
+        }
+    }
+
+    /// Makes creations, renames and removals in the directory durable.
+    pub fn sync_dir(&self) -> io::Result<()> {
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| annotate(e, "sync directory", &self.dir))
+    }
+
+    /// Opens (creating) a file to write.
+    pub fn create(&self, path: &Path, how: Create) -> io::Result<File> {
+        self.disk
+            .create(path, how)
+            .map_err(|e| annotate(e, "create", path))
+    }
+
+    pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk
+            .rename(from, to)
+            .map_err(|e| annotate(e, "rename", from))
+    }
+
+    /// Removes a file; one that is not there is fine.
+    pub fn remove(&self, path: &Path) -> io::Result<()> {
+        match self.disk.remove(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(annotate(e, "delete", path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `path` through a synced temporary file renamed over it; the
+    /// caller syncs the directory. Blocking.
+    pub fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let tmp = temporary(path);
+        let f = self.create(&tmp, Create::Truncate)?;
+        self.disk
+            .write(&f, &tmp, data)
+            .and_then(|()| self.disk.sync(&f, &tmp))
+            .map_err(|e| annotate(e, "write", &tmp))?;
+        self.rename(&tmp, path)
+    }
+
     /// `entries.jsonl`: the active file, named as the Go package names it.
     pub fn active_data(&self) -> PathBuf {
         self.dir.join(format!("{}.{DATA}", self.stream))
@@ -90,10 +155,7 @@ mod tests {
 
     #[test]
     fn sealed_names_sort_in_log_order_before_the_active_file() {
-        let n = Names {
-            dir: PathBuf::from("/l"),
-            stream: "entries",
-        };
+        let n = Names::new(Path::new("/l"), "entries");
         let mut names: Vec<String> = [n.active_data(), n.sealed(10, DATA), n.sealed(9, DATA)]
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())

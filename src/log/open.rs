@@ -17,7 +17,7 @@ use super::keys::Summary;
 use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
 use super::segment::{open_sealed, refuse, seal_legacy};
 use super::times::{self, Check, Commit};
-use super::{annotate, now_nanos, sync_dir, LogConfig};
+use super::{annotate, now_nanos, LogConfig};
 
 /// A sealed segment as the writer keeps it.
 pub(crate) struct Sealed {
@@ -67,10 +67,7 @@ struct Found {
 
 /// Opens (creating) one stream of a log directory. Blocking.
 pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
-    let names = Names {
-        dir: config.dir.clone(),
-        stream: config.stream,
-    };
+    let names = Names::of(config);
     let now = now_nanos();
     let mut found: BTreeMap<u64, Found> = BTreeMap::new();
     for dirent in std::fs::read_dir(&names.dir).map_err(|e| annotate(e, "list", &names.dir))? {
@@ -79,7 +76,7 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
         let Some(name) = name.to_str() else { continue };
         if names.is_temporary(name) {
             // A write that never got renamed into place: never part of the log.
-            let _ = std::fs::remove_file(dirent.path());
+            let _ = names.remove(&dirent.path());
         } else if let Some((first, ext)) = names.parse_sealed(name) {
             let f = found.entry(first).or_default();
             match ext {
@@ -105,8 +102,8 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
             .map(|(&first, _)| first);
         if let Some(first) = interrupted {
             let to = names.sealed(first, DATA);
-            std::fs::rename(&active_data, &to).map_err(|e| annotate(e, "rename", &to))?;
-            sync_dir(&names.dir)?;
+            names.rename(&active_data, &to)?;
+            names.sync_dir()?;
             tracing::info!(
                 stream = names.stream,
                 first,
@@ -128,7 +125,7 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
     if let Some(active_first) = active_first {
         for (&first, f) in found.iter_mut() {
             if f.seal && !f.data && !f.times && first >= active_first {
-                let _ = std::fs::remove_file(names.sealed(first, SEAL));
+                let _ = names.remove(&names.sealed(first, SEAL));
                 f.seal = false;
             }
         }
@@ -166,7 +163,7 @@ pub(crate) fn open(config: &LogConfig) -> io::Result<Opened> {
     found.retain(|&first, f| {
         if !f.data {
             for ext in [KEYS, TIMES, USAGE] {
-                let _ = std::fs::remove_file(names.sealed(first, ext));
+                let _ = names.remove(&names.sealed(first, ext));
             }
         }
         f.data || f.seal

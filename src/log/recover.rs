@@ -23,13 +23,13 @@ impl Writer {
                 .map(|m| m.is_file())
                 .unwrap_or(false);
             if regular {
-                let cut = st
-                    .active
-                    .data
-                    .set_len(st.active.len)
-                    .and_then(|()| st.active.data.sync_all())
-                    .and_then(|()| st.active.times.set_len(st.active.times_len))
-                    .and_then(|()| st.active.times.sync_all());
+                let names = &self.shared.names;
+                let (disk, data, times) = (&names.disk, names.active_data(), names.active_times());
+                let cut = disk
+                    .set_len(&st.active.data, &data, st.active.len)
+                    .and_then(|()| disk.sync(&st.active.data, &data))
+                    .and_then(|()| disk.set_len(&st.active.times, &times, st.active.times_len))
+                    .and_then(|()| disk.sync(&st.active.times, &times));
                 if let Err(e) = cut {
                     tracing::warn!(stream = self.config.stream, error = %e, "could not cut an unacknowledged write; the next open repairs the tail");
                 }

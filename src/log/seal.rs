@@ -3,21 +3,21 @@
 //! order of each step is what makes a crash at any point recoverable: see
 //! `open.rs` for how each intermediate state is finished or undone.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest as _, Sha256};
 
 use super::chain::{self, Head, Seal};
+use super::disk::Create;
 use super::index::SealedKeys;
 use super::keys::{self, KeyIndex, Summary};
 use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
 use super::open::{Active, Sealed};
 use super::times;
 use super::writer::Writer;
-use super::{annotate, now_nanos, sync_dir, ActiveMeta};
+use super::{now_nanos, ActiveMeta};
 
 // === impl Writer ===
 
@@ -83,31 +83,19 @@ impl Writer {
         drop(commits);
         // Derived and written first: a crash before the renames below leaves
         // an index and a seal without data, which the next open deletes.
-        keys::write(&names.sealed(first, KEYS), &summary, &mut entries)?;
+        keys::write(&names, &names.sealed(first, KEYS), &summary, &mut entries)?;
         drop(entries);
         let new_head = write_seal(&names, first, count, len, sha, head, now_nanos())?;
-        sync_dir(&names.dir)?;
+        names.sync_dir()?;
         // The record file moves first, then the data: an open that finds the
         // newest segment's record file without its data finishes the rename.
-        let rename = |from: std::path::PathBuf, to: std::path::PathBuf| {
-            std::fs::rename(&from, &to).map_err(|e| annotate(e, "rename", &from))
-        };
-        rename(names.active_times(), names.sealed(first, TIMES))?;
-        rename(names.active_data(), names.sealed(first, DATA))?;
+        names.rename(&names.active_times(), &names.sealed(first, TIMES))?;
+        names.rename(&names.active_data(), &names.sealed(first, DATA))?;
         let next = first + count;
-        super::segment::write_times(&names.active_times(), next, &[], &[], now_nanos())?;
-        let data = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .open(names.active_data())
-            .map_err(|e| annotate(e, "create", &names.active_data()))?;
-        sync_dir(&names.dir)?;
-        let times = OpenOptions::new()
-            .append(true)
-            .open(names.active_times())
-            .map_err(|e| annotate(e, "open", &names.active_times()))?;
+        super::segment::write_times(&names, &names.active_times(), next, &[], &[], now_nanos())?;
+        let data = names.create(&names.active_data(), Create::Append)?;
+        names.sync_dir()?;
+        let times = names.create(&names.active_times(), Create::Append)?;
 
         let in_window = summary.received_max >= now_nanos().saturating_sub(window);
         let keys = if in_window {
@@ -217,12 +205,7 @@ impl Writer {
         // chain stays checkable), except in a spool, which keeps no history.
         let seal = (!self.config.keep_seals).then_some(SEAL);
         for ext in [DATA, KEYS, TIMES, USAGE].into_iter().chain(seal) {
-            let path = names.sealed(first, ext);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(annotate(e, "delete", &path)),
-            }
+            names.remove(&names.sealed(first, ext))?;
         }
         tracing::debug!(
             stream = self.config.stream,
@@ -274,7 +257,7 @@ pub(crate) fn write_seal(
         sealed_at: chain::rfc3339(now),
     };
     let bytes = seal.encode();
-    super::write_file(&names.sealed(first, SEAL), &bytes)?;
+    names.write_file(&names.sealed(first, SEAL), &bytes)?;
     Ok(Head {
         last: seal.last,
         hash: chain::link(&bytes),

@@ -15,7 +15,7 @@ use super::names::{Names, DATA, KEYS, TIMES};
 use super::open::Sealed;
 use super::times::{self, Check, Commit, Times};
 use super::walk::Span;
-use super::{annotate, sync_dir, LogConfig};
+use super::{annotate, LogConfig};
 
 /// The ledger of an earlier meterd: one file per stream, no receive times.
 /// It becomes segment 1 as it is, its records received at the file's last
@@ -51,6 +51,7 @@ pub(super) fn seal_legacy(names: &Names, config: &LogConfig, now: i64) -> io::Re
         received,
     }];
     write_times(
+        names,
         &names.sealed(first, TIMES),
         first,
         &commits,
@@ -69,8 +70,8 @@ pub(super) fn seal_legacy(names: &Names, config: &LogConfig, now: i64) -> io::Re
     let sha = super::seal::sha256_of(&data, scanned.end)?;
     super::seal::write_seal(names, first, scanned.count, scanned.end, sha, None, now)?;
     let to = names.sealed(first, DATA);
-    std::fs::rename(&path, &to).map_err(|e| annotate(e, "rename", &to))?;
-    sync_dir(&names.dir)?;
+    names.rename(&path, &to)?;
+    names.sync_dir()?;
     tracing::info!(
         stream = names.stream,
         records = scanned.count,
@@ -96,13 +97,14 @@ fn trim_unreadable_tail(data: &File, end: u64, config: &LogConfig) -> io::Result
 
 /// Writes a record file (format 2) through a synced temporary file.
 pub(crate) fn write_times(
+    names: &Names,
     path: &std::path::Path,
     first: u64,
     commits: &[Commit],
     checks: &[Check],
     now: i64,
 ) -> io::Result<()> {
-    super::write_file(path, &times::encode(first, now, commits, checks))
+    names.write_file(path, &times::encode(first, now, commits, checks))
 }
 
 /// Writes a sealed segment's key index from scanned `(hash, offset)` keys.
@@ -131,7 +133,7 @@ pub(crate) fn write_keys(
             received: times::received_at_offset(commits, offset).unwrap_or(summary.received_max),
         })
         .collect();
-    keys::write(&names.sealed(first, KEYS), &summary, &mut entries)?;
+    keys::write(names, &names.sealed(first, KEYS), &summary, &mut entries)?;
     Ok(summary)
 }
 
@@ -424,6 +426,7 @@ fn rebuild(
     let intact = walked.damaged.is_empty() && !walked.shifted;
     if intact && (format_1 || matches_seal) {
         write_times(
+            names,
             &names.sealed(first, TIMES),
             first,
             &commits,
@@ -448,7 +451,7 @@ fn rebuild(
             super::now_nanos(),
         )?);
     }
-    sync_dir(&names.dir)?;
+    names.sync_dir()?;
     if !walked.damaged.is_empty() {
         tracing::warn!(
             stream = names.stream,

@@ -46,10 +46,7 @@ struct ActiveState {
 impl Snapshot {
     /// Reads the segments of `stream` in `dir`. Blocking.
     pub fn open(dir: &Path, stream: &'static str) -> io::Result<Snapshot> {
-        let names = Names {
-            dir: dir.to_path_buf(),
-            stream,
-        };
+        let names = Names::new(&dir, stream);
         let mut attempt = 0;
         let (sealed, active) = loop {
             attempt += 1;

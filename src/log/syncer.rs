@@ -5,31 +5,37 @@
 
 use std::fs::File;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
+
+use super::disk::DiskRef;
 use std::thread::JoinHandle;
 
 pub(crate) struct Syncer {
-    tx: Option<mpsc::Sender<Arc<File>>>,
+    tx: Option<mpsc::Sender<(Arc<File>, PathBuf)>>,
+    disk: DiskRef,
     done: mpsc::Receiver<io::Result<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Syncer {
-    pub fn start(stream: &str) -> io::Result<Syncer> {
-        let (tx, rx) = mpsc::channel::<Arc<File>>();
+    pub fn start(stream: &str, disk: DiskRef) -> io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel::<(Arc<File>, PathBuf)>();
         let (done_tx, done) = mpsc::channel();
+        let helper = disk.clone();
         let thread = std::thread::Builder::new()
             .name(format!("log-{stream}-sync"))
             .spawn(move || {
-                while let Ok(file) = rx.recv() {
-                    if done_tx.send(file.sync_data()).is_err() {
+                while let Ok((file, path)) = rx.recv() {
+                    if done_tx.send(helper.sync(&file, &path)).is_err() {
                         return;
                     }
                 }
             })?;
         Ok(Syncer {
             tx: Some(tx),
+            disk,
             done,
             thread: Some(thread),
         })
@@ -37,18 +43,24 @@ impl Syncer {
 
     /// Syncs `data` here and `other` on the helper thread at the same time;
     /// both results. Falls back to one after the other if the helper is gone.
-    pub fn sync_both(&self, data: &File, other: &Arc<File>) -> (io::Result<()>, io::Result<()>) {
+    pub fn sync_both(
+        &self,
+        data: &File,
+        data_path: &Path,
+        other: &Arc<File>,
+        other_path: &Path,
+    ) -> (io::Result<()>, io::Result<()>) {
         let sent = self
             .tx
             .as_ref()
-            .is_some_and(|tx| tx.send(other.clone()).is_ok());
-        let first = data.sync_data();
+            .is_some_and(|tx| tx.send((other.clone(), other_path.to_path_buf())).is_ok());
+        let first = self.disk.sync(data, data_path);
         let second = if sent {
             self.done
                 .recv()
                 .unwrap_or_else(|_| Err(io::Error::other("sync thread stopped")))
         } else {
-            other.sync_data()
+            self.disk.sync(other, other_path)
         };
         (first, second)
     }

@@ -22,10 +22,7 @@ pub fn write_segment<'a>(
     sealed: bool,
     records: impl IntoIterator<Item = (&'a [u8], i64)>,
 ) -> io::Result<u64> {
-    let names = Names {
-        dir: dir.to_path_buf(),
-        stream,
-    };
+    let names = Names::new(&dir, stream);
     let (data_path, times_path) = if sealed {
         (names.sealed(first, DATA), names.sealed(first, TIMES))
     } else {
@@ -53,6 +50,13 @@ pub fn write_segment<'a>(
         }
     }
     data.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    write_times(&times_path, first, &commits, &checks, super::now_nanos())?;
+    write_times(
+        &names,
+        &times_path,
+        first,
+        &commits,
+        &checks,
+        super::now_nanos(),
+    )?;
     Ok(count)
 }

@@ -60,6 +60,7 @@ pub(super) fn config(dir: &Path) -> LogConfig {
         key_of,
         trusted_key_of: None,
         keep_seals: true,
+        disk: Default::default(),
     }
 }
 

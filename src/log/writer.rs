@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::sync::{Arc, PoisonError};
 
 use std::sync::mpsc;
@@ -86,7 +86,7 @@ impl Writer {
             syncer: None,
         };
         if w.config.fsync == Fsync::Always {
-            w.syncer = super::syncer::Syncer::start(w.config.stream).ok();
+            w.syncer = super::syncer::Syncer::start(w.config.stream, w.config.disk.clone()).ok();
         }
         w.install(opened);
         w
@@ -383,12 +383,15 @@ impl Writer {
             &self.group_checks,
             &mut self.times_buf,
         );
-        (&*st.active.data)
-            .write_all(&self.buf)
-            .map_err(|e| annotate(e, "write", &names.active_data()))?;
-        (&*st.active.times)
-            .write_all(&self.times_buf)
-            .map_err(|e| annotate(e, "write", &names.active_times()))?;
+        let (data_path, times_path) = (names.active_data(), names.active_times());
+        names
+            .disk
+            .write(&st.active.data, &data_path, &self.buf)
+            .map_err(|e| annotate(e, "write", &data_path))?;
+        names
+            .disk
+            .write(&st.active.times, &times_path, &self.times_buf)
+            .map_err(|e| annotate(e, "write", &times_path))?;
         // Hashed as written, so that the seal reads nothing again.
         if let Some(h) = &mut st.active.hash {
             h.update(&self.buf);
@@ -452,9 +455,13 @@ impl Writer {
         if let Some(st) = &self.state {
             let started = std::time::Instant::now();
             let names = &self.shared.names;
+            let (data_path, times_path) = (names.active_data(), names.active_times());
             let (data, times) = match &self.syncer {
-                Some(s) => s.sync_both(&st.active.data, &st.active.times),
-                None => (st.active.data.sync_data(), st.active.times.sync_data()),
+                Some(s) => s.sync_both(&st.active.data, &data_path, &st.active.times, &times_path),
+                None => (
+                    names.disk.sync(&st.active.data, &data_path),
+                    names.disk.sync(&st.active.times, &times_path),
+                ),
             };
             data.map_err(|e| annotate(e, "sync", &names.active_data()))?;
             times.map_err(|e| annotate(e, "sync", &names.active_times()))?;
