@@ -96,7 +96,8 @@ struct Track {
     /// taken as they are (all that is left to go by; cutting them would
     /// lose acknowledged records), so their bytes cannot be checked.
     active_unchecked: bool,
-    /// A sealed segment's data file was removed or renamed.
+    /// A sealed segment's data file was removed or renamed, or its record
+    /// file, seal or key index changed.
     segment_gone: bool,
 }
 
@@ -119,6 +120,9 @@ impl Track {
             }
         } else if !file.ends_with(".jsonl") {
             self.structural = true;
+        }
+        if file != "entries.times" && file.starts_with("entries.0") && !file.ends_with(".jsonl") {
+            self.segment_gone = true;
         }
     }
 }
@@ -258,8 +262,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(*position > last, "position {position} given twice or out of order");
         last = *position;
         let in_active = base.records[(*position).clamp(1, RECORDS) as usize - 1].1 == "entries.jsonl";
-        // With the active file's record file gone, and a segment's data
-        // gone too, nothing is left that says where the active file starts.
+        // With the active file's record file gone, and a segment's data or
+        // every witness of its count gone too, nothing may be left that
+        // says where the active file starts.
         if t.active_unchecked && (in_active || t.segment_gone) {
             continue;
         }

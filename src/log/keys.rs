@@ -326,6 +326,7 @@ impl KeyIndex {
 
 #[cfg(test)]
 mod tests {
+    use super::super::names::Names;
     use super::*;
 
     fn summary(count: u64) -> Summary {
@@ -359,7 +360,13 @@ mod tests {
                 received: 0,
             });
         }
-        write(&path, &summary(10_003), &mut keys).unwrap();
+        write(
+            &Names::new(dir.path(), "entries"),
+            &path,
+            &summary(10_003),
+            &mut keys,
+        )
+        .unwrap();
         let index = KeyIndex::open(&path).unwrap();
         assert_eq!(index.summary, summary(10_003));
         for i in 0..10_000u64 {
@@ -396,7 +403,13 @@ mod tests {
                 received: 0,
             })
             .collect();
-        write(&path, &summary(1000), &mut keys).unwrap();
+        write(
+            &Names::new(dir.path(), "entries"),
+            &path,
+            &summary(1000),
+            &mut keys,
+        )
+        .unwrap();
         let clean = std::fs::read(&path).unwrap();
         // A flipped byte anywhere is caught: at open, or by the lookup that reads it.
         for at in [3, 50, HEADER + 5, clean.len() - 200, clean.len() - 1] {
@@ -417,7 +430,13 @@ mod tests {
     fn an_empty_index_is_valid() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.keys");
-        write(&path, &summary(4), &mut []).unwrap();
+        write(
+            &Names::new(dir.path(), "entries"),
+            &path,
+            &summary(4),
+            &mut [],
+        )
+        .unwrap();
         let index = KeyIndex::open(&path).unwrap();
         assert!(index.lookup(hash("a")).unwrap().is_empty());
     }

@@ -291,6 +291,17 @@ pub(super) fn open_sealed(
     let len = data.metadata()?.len();
     let mut rec = recorded(names, first, seal)?;
     let keys_path = names.sealed(first, KEYS);
+    if rec.seal.is_none() && has_keys {
+        // Without a seal, the key index (derived, but written at the seal)
+        // is one more witness of how many positions the segment held; the
+        // larger count wins, as a count too low would renumber the rest.
+        if let Ok(s) = keys::read_summary(&keys_path) {
+            if s.first == first && s.count > rec.count {
+                rec.count = s.count;
+                rec.written_len = rec.written_len.max(s.data_len);
+            }
+        }
+    }
     let trusted = if has_keys {
         match keys::read_summary(&keys_path) {
             Ok(s)

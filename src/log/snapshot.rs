@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::keys::{self, Summary};
 use super::lines::Lines;
-use super::names::{Names, DATA, KEYS};
+use super::names::{Names, DATA, KEYS, TIMES};
 use super::segment::{recorded, sealed_layout};
 use super::times::{self, Check, Commit};
 use super::{annotate, ActiveMeta, LogReader, SeekError, SegmentView, Shared, View};
@@ -41,19 +41,25 @@ struct ActiveState {
     checks: Vec<Check>,
     /// (device, inode) of the file opened, to tell it was not replaced.
     id: Option<(u64, u64)>,
+    /// A data file without a record file: of an older meterd, or of a seal
+    /// between its two renames (the record file moved, the data not yet).
+    unrecorded: bool,
 }
 
 impl Snapshot {
     /// Reads the segments of `stream` in `dir`. Blocking.
     pub fn open(dir: &Path, stream: &'static str) -> io::Result<Snapshot> {
-        let names = Names::new(&dir, stream);
+        let names = Names::new(dir, stream);
         let mut attempt = 0;
         let (sealed, active) = loop {
             attempt += 1;
             let active = read_active(&names)?;
             // The active file still the one whose record file was read: no
             // seal renamed it meanwhile.
-            let stable = active.id == file_id(&names.active_data());
+            // Without a record file, no seal is between its renames (looked
+            // at before the data file: a seal that ends meanwhile renamed it).
+            let stable = (!active.unrecorded || !seal_in_progress(&names)?)
+                && active.id == file_id(&names.active_data());
             // Listed after the active file was read: every segment sealed
             // before it is there. One sealed since holds records that the
             // active file as read still has: left out.
@@ -197,6 +203,7 @@ fn read_active(names: &Names) -> io::Result<ActiveState> {
             commits: Vec::new(),
             checks: Vec::new(),
             id: None,
+            unrecorded: false,
         });
     };
     let meta = data.metadata()?;
@@ -218,6 +225,7 @@ fn read_active(names: &Names) -> io::Result<ActiveState> {
                 commits,
                 checks,
                 id,
+                unrecorded: false,
             })
         }
         // A file of an older meterd (or a writer that never opened it
@@ -228,8 +236,32 @@ fn read_active(names: &Names) -> io::Result<ActiveState> {
             first: 0,
             checks: Vec::new(),
             id,
+            unrecorded: true,
         }),
     }
+}
+
+/// Whether a seal is between its renames: the active record file gone or
+/// the newest segment's record file there without its data. Blocking.
+fn seal_in_progress(names: &Names) -> io::Result<bool> {
+    if names.active_times().exists() {
+        return Ok(true);
+    }
+    let mut newest: Option<(u64, bool)> = None;
+    for dirent in std::fs::read_dir(&names.dir).map_err(|e| annotate(e, "list", &names.dir))? {
+        let name = dirent?.file_name();
+        if let Some((first, ext)) = name.to_str().and_then(|n| names.parse_sealed(n)) {
+            if ext == DATA || ext == TIMES {
+                let is_data = ext == DATA;
+                newest = match newest {
+                    Some((f, d)) if f > first => Some((f, d)),
+                    Some((f, d)) if f == first => Some((f, d || is_data)),
+                    _ => Some((first, is_data)),
+                };
+            }
+        }
+    }
+    Ok(newest.is_some_and(|(_, has_data)| !has_data))
 }
 
 /// A sealed segment's summary and written length: from its index when that

@@ -22,7 +22,7 @@ pub fn write_segment<'a>(
     sealed: bool,
     records: impl IntoIterator<Item = (&'a [u8], i64)>,
 ) -> io::Result<u64> {
-    let names = Names::new(&dir, stream);
+    let names = Names::new(dir, stream);
     let (data_path, times_path) = if sealed {
         (names.sealed(first, DATA), names.sealed(first, TIMES))
     } else {

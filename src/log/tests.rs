@@ -243,10 +243,7 @@ async fn a_hash_match_is_confirmed_against_the_stored_key() {
     log.close().await.unwrap();
     // Forge an index in which "b" has the hash of the record holding "a",
     // as a collision would.
-    let names = names::Names {
-        dir: dir.path().to_path_buf(),
-        stream: "entries",
-    };
+    let names = names::Names::new(dir.path(), "entries");
     let data = std::fs::File::open(names.sealed(1, names::DATA)).unwrap();
     let t = times::read(&names.sealed(1, names::TIMES))
         .unwrap()
@@ -340,10 +337,7 @@ async fn a_seal_interrupted_at_any_step_is_finished_or_undone() {
         let log = open(&cfg).await;
         append(&log, vec![rec(Some("a"), 1), rec(Some("b"), 2)]).await;
         log.close().await.unwrap();
-        let n = names::Names {
-            dir: dir.path().to_path_buf(),
-            stream: "entries",
-        };
+        let n = names::Names::new(dir.path(), "entries");
         let data = std::fs::File::open(n.active_data()).unwrap();
         let len = data.metadata().unwrap().len();
         let t = times::read(&n.active_times()).unwrap().unwrap();

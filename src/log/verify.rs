@@ -85,7 +85,7 @@ fn listing(dir: &Path, stream: &'static str) -> io::Result<Vec<String>> {
 }
 
 fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Result<Report> {
-    let names = Names::new(&dir, stream);
+    let names = Names::new(dir, stream);
     let mut data_firsts = BTreeSet::new();
     let mut seal_firsts = BTreeSet::new();
     for d in std::fs::read_dir(dir).map_err(|e| annotate(e, "list", dir))? {
