@@ -165,8 +165,28 @@ fn recover(
         r.rewrite = true;
         return Ok(r);
     };
-    let whole = t.valid_len == times_file_len && t.lost_groups == 0 && t.fully_checked();
-    r.rewrite = !whole || t.first == 0;
+    let mut t = t;
+    let unsynced = unsynced_groups(&t, len, config.fsync);
+    if unsynced > 0 {
+        // Their record reached the disk, their data did not: the two files
+        // are synced together, and a crash came between. Never acknowledged.
+        let keep = t.commits.len() - unsynced;
+        let (from, upto) = (t.commits[keep.saturating_sub(1)].end_count, t.count());
+        let kept = if keep == 0 { 0 } else { from };
+        tracing::warn!(
+            stream = names.stream,
+            file = %names.active_data().display(),
+            positions = %format!("{}..={}", first + kept, first + upto - 1),
+            "the record file names records whose data never reached the disk (a crash between the two syncs); they were never acknowledged and are cut"
+        );
+        t.commits.truncate(keep);
+        t.checks.truncate(kept as usize);
+        t.lost_groups = 0;
+        r.rewrite = true;
+    }
+    let whole =
+        unsynced == 0 && t.valid_len == times_file_len && t.lost_groups == 0 && t.fully_checked();
+    r.rewrite |= !whole || t.first == 0;
     r.shifted_or_lost = t.lost_groups > 0;
     if whole {
         if let Some(keyed) = load_snapshot(names, data, &t, len) {
@@ -202,6 +222,27 @@ fn recover(
     r.commits = t.commits;
     (r.checks, r.keyed, r.damaged) = (walked.checks, walked.keyed, walked.damaged);
     Ok(r)
+}
+
+/// How many groups at the end of the record file describe data that the
+/// data file does not hold, when that is what a crash leaves. The writer syncs the data and the record file of a group at the
+/// same time and acknowledges after both, so with `fsync always` only the
+/// last group can be unsynced: more missing is damage (and is reported).
+fn unsynced_groups(t: &Times, len: u64, fsync: super::Fsync) -> usize {
+    if t.lost_groups > 0 {
+        return 0;
+    }
+    let beyond = t
+        .commits
+        .iter()
+        .rev()
+        .take_while(|c| c.end_offset > len)
+        .count();
+    match beyond {
+        1 => 1,
+        n if fsync != super::Fsync::Always => n,
+        _ => 0,
+    }
 }
 
 /// Seals a damaged active file as it is (see the module doc).

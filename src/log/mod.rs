@@ -55,6 +55,8 @@ mod writer;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_crash;
+#[cfg(test)]
 mod tests_damage;
 
 pub use config::{Fsync, LogConfig};

@@ -33,6 +33,8 @@ impl Writer {
             bytes_before: active_bytes_before,
         });
         let end = active.first + active.count - 1;
+        // As durable as the disk makes it: nothing of it failed to sync yet.
+        self.synced = (active.first, active.len, active.times_len);
         self.state = Some(State {
             sealed,
             active,

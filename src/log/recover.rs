@@ -2,11 +2,15 @@
 //! and reopening the stream from disk once the cause has gone away (a
 //! client's next write, or the writer's periodic probe).
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
 
-use super::open;
+use super::open::{self, Active};
+use super::times;
 use super::writer::Writer;
-use super::LogError;
+use super::{Fsync, LogError};
 
 // === impl Writer ===
 
@@ -33,6 +37,9 @@ impl Writer {
                 if let Err(e) = cut {
                     tracing::warn!(stream = self.config.stream, error = %e, "could not cut an unacknowledged write; the next open repairs the tail");
                 }
+                if self.config.fsync != Fsync::Always {
+                    self.redirty(&st.active);
+                }
             }
         }
         self.dirty = false;
@@ -40,6 +47,51 @@ impl Writer {
             tracing::error!(stream = self.config.stream, error = %e, "ledger {what} failed; refusing writes until it recovers");
         }
         LogError(format!("ledger {what} failed: {e}"))
+    }
+
+    /// Writes again what was acknowledged (policies `interval` and `never`)
+    /// but not yet synced when a sync failed: after a failed `fsync` the
+    /// kernel may mark those pages clean without having written them (the
+    /// PostgreSQL "fsyncgate" lesson), so no later sync would. Read back
+    /// from the page cache, cut and appended again, they are dirty again,
+    /// and the next sync (after the reopen) writes them or fails.
+    fn redirty(&self, active: &Active) {
+        let names = &self.shared.names;
+        let (first, len, times_len) = self.synced;
+        let (from, times_from) = if first == active.first {
+            (len, times_len)
+        } else {
+            (0, times::HEADER as u64)
+        };
+        let again = |file: &File, path: &Path, from: u64, to: u64| -> io::Result<()> {
+            if to <= from {
+                return Ok(());
+            }
+            let mut bytes = vec![0u8; usize::try_from(to - from).map_err(io::Error::other)?];
+            file.read_exact_at(&mut bytes, from)?;
+            names.disk.set_len(file, path, from)?;
+            names.disk.write(file, path, &bytes)
+        };
+        let done = again(&active.data, &names.active_data(), from, active.len).and_then(|()| {
+            again(
+                &active.times,
+                &names.active_times(),
+                times_from,
+                active.times_len,
+            )
+        });
+        match done {
+            Ok(()) => tracing::warn!(
+                stream = self.config.stream,
+                bytes = active.len.saturating_sub(from),
+                "a sync failed with acknowledged records not yet synced; wrote them again so that the next sync writes them"
+            ),
+            Err(e) => tracing::error!(
+                stream = self.config.stream,
+                error = %e,
+                "a sync failed and the records written since the last sync could not be written again; they may be lost on a power failure"
+            ),
+        }
     }
 
     /// Opens the stream from disk again. `probe`: also check that the disk

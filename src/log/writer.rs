@@ -46,6 +46,9 @@ pub(crate) struct Writer {
     pub(super) state: Option<State>,
     /// Written but not yet synced (interval and never policies).
     pub(super) dirty: bool,
+    /// The active file's first position and the lengths of its data and
+    /// record files at the last sync that succeeded.
+    pub(super) synced: (u64, u64, u64),
     buf: Vec<u8>,
     /// The checks of the records in `buf`, and the group's record bytes.
     group_checks: Vec<Check>,
@@ -77,6 +80,7 @@ impl Writer {
             shared,
             state: None,
             dirty: false,
+            synced: (0, 0, 0),
             buf: Vec::with_capacity(64 * 1024),
             group_checks: Vec::with_capacity(MAX_GROUP_JOBS),
             times_buf: Vec::with_capacity(4096),
@@ -465,6 +469,7 @@ impl Writer {
             };
             data.map_err(|e| annotate(e, "sync", &names.active_data()))?;
             times.map_err(|e| annotate(e, "sync", &names.active_times()))?;
+            self.synced = (st.active.first, st.active.len, st.active.times_len);
             crate::metrics::metrics()
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
