@@ -38,7 +38,9 @@ fn scratch() -> PathBuf {
 
 fn config(dir: &Path) -> meterd::log::LogConfig {
     let mut c = meterd::ledger::LedgerConfig::new(dir);
-    c.fsync = meterd::ledger::Fsync::Never;
+    // `always`: at most the last group may be taken for one whose data a
+    // crash kept from the disk (see the end-of-file rule below).
+    c.fsync = meterd::ledger::Fsync::Always;
     c.stream("entries", meterd::ledger::entry_key)
 }
 
@@ -246,6 +248,17 @@ fuzz_target!(|data: &[u8]| {
     for (name, bytes) in &files {
         std::fs::write(dir.path().join(name), bytes).expect("write");
     }
+    // An active file shorter than its record file says, everything before
+    // its last group whole: what a crash between the two syncs leaves, so
+    // that last group (one record here) is cut as never acknowledged.
+    let base_active = base.files.iter().find(|f| f.0 == "entries.jsonl").map_or(0, |f| f.1.len());
+    let active_shortened = files
+        .iter()
+        .find(|f| f.0 == "entries.jsonl")
+        .is_some_and(|f| f.1.len() < base_active);
+    if active_shortened {
+        t.place[RECORDS as usize - 1].3 = false;
+    }
     let got = damaged_ledger(&config(dir.path()));
     let (end, reads) = match got {
         Ok(v) => v,
@@ -255,7 +268,8 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     if !t.active_times_touched {
-        assert!(end >= RECORDS, "positions lost at the end: {end}");
+        let owed = if active_shortened { RECORDS - 1 } else { RECORDS };
+        assert!(end >= owed, "positions lost at the end: {end}");
     }
     let mut last = 0;
     for (position, read) in &reads {

@@ -165,28 +165,25 @@ fn recover(
         r.rewrite = true;
         return Ok(r);
     };
-    let mut t = t;
+    let walk = |t: &Times| {
+        index::walk_records(
+            data,
+            Span {
+                commits: &t.commits,
+                start: (0, 0),
+                checks: &t.checks,
+                // A record file of format 1 has no checks: its lines are
+                // what an earlier meterd acknowledged.
+                trust_unchecked: t.checks.is_empty(),
+            },
+            config.key_of,
+            config.trusted_key_of,
+        )
+    };
     let unsynced = unsynced_groups(&t, len, config.fsync);
-    if unsynced > 0 {
-        // Their record reached the disk, their data did not: the two files
-        // are synced together, and a crash came between. Never acknowledged.
-        let keep = t.commits.len() - unsynced;
-        let (from, upto) = (t.commits[keep.saturating_sub(1)].end_count, t.count());
-        let kept = if keep == 0 { 0 } else { from };
-        tracing::warn!(
-            stream = names.stream,
-            file = %names.active_data().display(),
-            positions = %format!("{}..={}", first + kept, first + upto - 1),
-            "the record file names records whose data never reached the disk (a crash between the two syncs); they were never acknowledged and are cut"
-        );
-        t.commits.truncate(keep);
-        t.checks.truncate(kept as usize);
-        t.lost_groups = 0;
-        r.rewrite = true;
-    }
     let whole =
         unsynced == 0 && t.valid_len == times_file_len && t.lost_groups == 0 && t.fully_checked();
-    r.rewrite |= !whole || t.first == 0;
+    r.rewrite = !whole || t.first == 0;
     r.shifted_or_lost = t.lost_groups > 0;
     if whole {
         if let Some(keyed) = load_snapshot(names, data, &t, len) {
@@ -197,19 +194,36 @@ fn recover(
             return Ok(r);
         }
     }
-    let mut walked = index::walk_records(
-        data,
-        Span {
-            commits: &t.commits,
-            start: (0, 0),
-            checks: &t.checks,
-            // A record file of format 1 has no checks: its lines are what
-            // an earlier meterd acknowledged.
-            trust_unchecked: t.checks.is_empty(),
-        },
-        config.key_of,
-        config.trusted_key_of,
-    )?;
+    let mut t = t;
+    let mut walked = None;
+    if unsynced > 0 {
+        // Their record reached the disk, their data did not: the two files
+        // are synced together, and a crash came between. Never acknowledged,
+        // if everything before them is whole and in its place (else this is
+        // damage, and is reported as such).
+        let keep = t.commits.len() - unsynced;
+        let kept_count = keep.checked_sub(1).map_or(0, |i| t.commits[i].end_count);
+        let kept = Times {
+            commits: t.commits[..keep].to_vec(),
+            checks: t.checks[..(kept_count as usize).min(t.checks.len())].to_vec(),
+            ..Times::default()
+        };
+        let w = walk(&kept)?;
+        if w.damaged.is_empty() && !w.shifted && w.end <= len {
+            tracing::warn!(
+                stream = names.stream,
+                file = %names.active_data().display(),
+                positions = %format!("{}..={}", first + kept_count, first + t.count() - 1),
+                "the record file names records whose data never reached the disk (a crash between the two syncs); they were never acknowledged and are cut"
+            );
+            (t.commits, t.checks) = (kept.commits, kept.checks);
+            walked = Some(w);
+        }
+    }
+    let mut walked = match walked {
+        Some(w) => w,
+        None => walk(&t)?,
+    };
     // Past the last recorded group: written, never acknowledged.
     cut(names, data, walked.end, len)?;
     r.count = walked.count;
