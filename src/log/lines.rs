@@ -2,9 +2,9 @@
 //! (`pread`), so that many readers can share one file handle and a line of
 //! any length comes out whole.
 
+use super::walk::read_at_most;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 /// First read size; a longer line grows the buffer as far as it needs.
 const CHUNK: usize = 256 * 1024;
@@ -69,20 +69,6 @@ impl<'f> Lines<'f> {
             }
         }
     }
-}
-
-/// Fills as much of `buf` as the file has at `offset`.
-fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The line that starts at `offset` (with its `\n`), reading no further

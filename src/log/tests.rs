@@ -65,15 +65,18 @@ pub(super) fn config(dir: &Path) -> LogConfig {
 }
 
 pub(super) async fn append(log: &Log<Rec>, recs: Vec<Rec>) -> Vec<Appended> {
+    try_append(log, recs).await.unwrap()
+}
+
+pub(super) async fn try_append(log: &Log<Rec>, recs: Vec<Rec>) -> Result<Vec<Appended>, LogError> {
     let (reply, done) = tokio::sync::oneshot::channel();
     let select = (0..recs.len()).collect();
     log.append(Append {
         records: Arc::from(recs),
         select,
         reply,
-    })
-    .unwrap();
-    done.await.unwrap().unwrap()
+    })?;
+    done.await.unwrap()
 }
 
 pub(super) async fn open(cfg: &LogConfig) -> Log<Rec> {

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::disk::{Create, Disk, DiskRef, RealDisk};
-use super::tests::{config, open, rec, Rec};
+use super::tests::{config, open, rec, try_append, Rec};
 use super::*;
 
 /// One change, as the model replays it. Files are named by the order in
@@ -364,17 +364,6 @@ fn workload_rec(n: usize) -> Rec {
 
 fn want_line(n: usize) -> Vec<u8> {
     format!("{{\"id\":\"k{n}\",\"n\":{n}}}\n").into_bytes()
-}
-
-async fn try_append(log: &Log<Rec>, recs: Vec<Rec>) -> Result<Vec<Appended>, LogError> {
-    let (reply, done) = tokio::sync::oneshot::channel();
-    let select = (0..recs.len()).collect();
-    log.append(Append {
-        records: Arc::from(recs),
-        select,
-        reply,
-    })?;
-    done.await.unwrap()
 }
 
 /// Every record from the start; panics on damage (a crash is not damage).
