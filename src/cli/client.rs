@@ -68,15 +68,35 @@ pub fn bearer<T>(request: &mut tonic::Request<T>, token: Option<&str>) -> Result
     Ok(())
 }
 
+/// The first line of a secret file, trimmed; `flag` names it in errors.
+pub fn read_token(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        return Err(format!(
+            "{flag} {}: the first line is empty",
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
 /// `meterd health`: Ok when the server reports SERVING.
 pub async fn health(args: HealthArgs) -> Result<(), String> {
+    let token = match &args.token_file {
+        Some(path) => Some(read_token("--token-file", path)?),
+        None => args.token.clone(),
+    };
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: args.service,
+    });
+    bearer(&mut request, token.as_deref())?;
     let channel = connect(&args.addr, args.timeout)
         .await
         .map_err(|e| format!("connect to {}: {e}", args.addr))?;
     let resp = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: args.service,
-        })
+        .check(request)
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     let status = resp.into_inner().status();

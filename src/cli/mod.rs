@@ -318,6 +318,17 @@ pub struct HealthArgs {
     /// Give up after this long.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Bearer token, when the server requires one for health (--auth-all-services).
+    #[arg(
+        long,
+        env = "METERD_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File whose first line is the bearer token (keeps it out of the process list).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

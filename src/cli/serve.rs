@@ -90,7 +90,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
     };
     ledger.check()?;
     let token = match &args.upstream_token_file {
-        Some(path) => Some(read_token(path)?),
+        Some(path) => Some(super::client::read_token("--upstream-token-file", path)?),
         None => None,
     };
     let forward = ForwardOptions {
@@ -291,18 +291,4 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             }
         }
     }
-}
-
-/// The first line of a secret file, trimmed.
-fn read_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--upstream-token-file {}: {e}", path.display()))?;
-    let token = text.lines().next().unwrap_or_default().trim().to_owned();
-    if token.is_empty() {
-        return Err(format!(
-            "--upstream-token-file {}: the first line is empty",
-            path.display()
-        ));
-    }
-    Ok(token)
 }

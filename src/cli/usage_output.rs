@@ -196,13 +196,19 @@ impl<W: Write> Output<W> {
         }
     }
 
-    /// One CSV record, quoting fields as RFC 4180 says.
+    /// One CSV record, quoting fields as RFC 4180 says. A field that a
+    /// spreadsheet would run as a formula (it starts with `=`, `+`, `-`,
+    /// `@`, a tab or a carriage return: an id such as `=HYPERLINK(...)` is
+    /// client data) is written as text: a `'` before it, and quoted
+    /// (OWASP's rule against CSV injection).
     fn csv_line(&mut self, fields: &[String]) -> io::Result<()> {
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
                 self.out.write_all(b",")?;
             }
-            if f.contains([',', '"', '\n', '\r']) {
+            if f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                write!(self.out, "\"'{}\"", f.replace('"', "\"\""))?;
+            } else if f.contains([',', '"', '\n', '\r']) {
                 write!(self.out, "\"{}\"", f.replace('"', "\"\""))?;
             } else {
                 self.out.write_all(f.as_bytes())?;

@@ -125,10 +125,7 @@ impl Access {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
+            .and_then(bearer_token);
         let Some(presented) = presented else {
             return Err(refuse(
                 &req,
@@ -210,4 +207,12 @@ fn read(flag: &str, path: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
         return Err(format!("{flag} {}: holds no token", path.display()));
     }
     Ok(tokens)
+}
+
+/// The token of an `authorization` value `Bearer <token>`. The scheme is
+/// case-insensitive and may be followed by several spaces (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }

@@ -344,7 +344,7 @@ async fn auth_all_services_guards_health_too() {
     let sock_arg = format!("unix:{}", sock.display());
     // Binary::start probes health without a token, so start by hand.
     let port = free_port();
-    let mut child = Command::new(meterd_bin())
+    let child = Command::new(meterd_bin())
         .args([
             "serve",
             "--listen",
@@ -357,9 +357,19 @@ async fn auth_all_services_guards_health_too() {
             "--ledger",
         ])
         .arg(dir.path().join("ledger"))
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends (a failed assertion too).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = KillOnDrop(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut answered = None;
     for _ in 0..200 {
@@ -384,8 +394,74 @@ async fn auth_all_services_guards_health_too() {
     }
     let status = answered.expect("server up").unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let _ = child.kill();
-    let _ = child.wait();
+
+    // The scheme is case-insensitive (RFC 7235); spaces after it are one.
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(ch);
+    for value in ["BEARER t0ken", "bearer t0ken", "Bearer   t0ken"] {
+        let mut req = tonic::Request::new(HealthCheckRequest::default());
+        req.metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+        assert!(h.check(req).await.is_ok(), "{value}");
+    }
+    for value in ["Basic t0ken", "Bearer", "Bearert0ken", "Bearer wrong"] {
+        let mut req = tonic::Request::new(HealthCheckRequest::default());
+        req.metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+        let e = h.check(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{value}");
+    }
+
+    // `meterd health` probes such a server with a token from a file or
+    // METERD_TOKEN, and fails precisely without one.
+    let health = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = Command::new(meterd_bin());
+        cmd.args(["health", "--addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env_remove("METERD_TOKEN");
+        if let Some(t) = env {
+            cmd.env("METERD_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let out = health(&[], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing bearer token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token_file = dir.path().join("health-token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let out = health(&["--token-file", token_file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let out = health(&[], Some("t0ken"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = health(&[], Some("wrong"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bearer token"));
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = health(&["--token-file", empty.to_str().unwrap()], None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token-file")
+            && String::from_utf8_lossy(&out.stderr).contains("the first line is empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(child);
 }
 
 /// Open file descriptors of a process.

@@ -407,3 +407,60 @@ async fn the_cli_answers_from_the_server_and_from_the_ledger_directory_alike() {
     );
     assert_eq!(csv_lines.count(), lines.len());
 }
+
+/// `meterd usage --format csv`: ids and hypervisors are client data; one
+/// that a spreadsheet would run as a formula is written as text.
+#[tokio::test]
+async fn csv_cells_that_a_spreadsheet_would_run_are_written_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let server = Binary::start(&ledger, &[]).await;
+    let mut client = server.client().await;
+    let ids = [
+        "=HYPERLINK(\"http://127.0.0.1/x\",\"y\")",
+        "+1+1",
+        "-2",
+        "@SUM(A1)",
+        "plain-vm",
+    ];
+    for id in ids {
+        for (kind, at) in [
+            (Kind::VmComputeStart, "2026-03-28T10:00:00Z"),
+            (Kind::VmComputeStop, "2026-03-28T11:00:00Z"),
+        ] {
+            client
+                .emit(emit_req(entry_at(kind, id, at, (1, GIB, 0))))
+                .await
+                .unwrap();
+        }
+    }
+    let csv = meterd_ok(&[
+        "usage",
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--from",
+        "2026-03-28T00:00:00Z",
+        "--to",
+        "2026-03-29T00:00:00Z",
+        "--format",
+        "csv",
+    ]);
+    for cell in [
+        "\"'=HYPERLINK(\"\"http://127.0.0.1/x\"\",\"\"y\"\")\"",
+        "\"'+1+1\"",
+        "\"'-2\"",
+        "\"'@SUM(A1)\"",
+        ",plain-vm,",
+    ] {
+        assert!(csv.contains(cell), "{cell} in {csv}");
+    }
+    // No line has a cell that starts a formula.
+    for line in csv.lines() {
+        for cell in line.split(',') {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t']),
+                "{cell} in {line}"
+            );
+        }
+    }
+}
