@@ -53,6 +53,8 @@ mod walk;
 mod writer;
 
 #[cfg(test)]
+mod crash_model;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_crash;
