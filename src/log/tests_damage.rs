@@ -192,6 +192,28 @@ async fn a_torn_last_segment_renumbers_nothing() {
         );
         log.close().await.unwrap();
     }
+    // The same after bytes before it were deleted or inserted: the last
+    // record, moved, still ends where the file does (found by the fuzzer).
+    for shift in [-4i64, 6] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 8, 2, &[4]).await;
+        change(&seg(dir.path(), 1, "jsonl"), |b| {
+            b.truncate(b.len() - 1);
+            // In the record just before it: nothing between re-finds the shift.
+            let i = at(b, 3) + 3;
+            if shift < 0 {
+                b.drain(i..i + 4);
+            } else {
+                b.splice(i..i, std::iter::repeat_n(b'x', 6));
+            }
+        });
+        let log = open(&config(dir.path())).await;
+        let mut want = records(1..=2);
+        want.push(Got::Damaged(3));
+        want.extend(records(4..=8));
+        assert_eq!(report(log.reader(0).unwrap()), want, "shift {shift}");
+        log.close().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -258,15 +258,22 @@ impl<'a> Walker<'a> {
             self.cursor.index += 1;
             self.cursor.at = at + len;
             // A last record whose file lost only its final newline is
-            // still whole: its check says so.
-            if self.fetch(at, len - 1)? && self.is_last(index) {
-                let mut line = self.slice(at, len - 1).to_vec();
+            // still whole: its check says so. It ends where the file does
+            // (also when bytes before it moved it).
+            let file_len = self.file_len()?;
+            let start = (file_len + 1).saturating_sub(len);
+            if self.is_last(index)
+                && len > 1
+                && start.abs_diff(at) <= WINDOW
+                && self.fetch(start, len - 1)?
+            {
+                let mut line = self.slice(start, len - 1).to_vec();
                 line.push(b'\n');
-                if check.matches(&line) && self.file_len()? == at + len - 1 {
+                if check.matches(&line) {
                     self.fixed = line;
                     return Ok(Some(Item::Record {
                         index,
-                        offset: at,
+                        offset: start,
                         received,
                         line: &self.fixed,
                         checked: true,
