@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,6 +22,7 @@ use crate::pb::{
 use crate::record::Limits;
 use crate::sink::{Outcome, Record, Sink, SinkError};
 
+mod accept;
 mod auth;
 mod authority;
 mod budget;
@@ -397,18 +396,16 @@ pub async fn run(
                 servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
             (Listener::Tcp(l), None) => {
-                let incoming = TcpListenerStream::new(l).map(|s| {
-                    // Small unary calls: don't let Nagle hold responses back.
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let name = l
+                    .local_addr()
+                    .map_or_else(|_| "tcp".into(), |a| a.to_string());
+                let incoming = accept::incoming(l, name);
                 servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
             (Listener::Unix(l, path), _) => {
+                let incoming = accept::incoming(l, format!("unix:{}", path.display()));
                 sockets.push(path);
-                servers
-                    .spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop));
+                servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
         }
     }

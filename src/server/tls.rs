@@ -78,16 +78,23 @@ impl Tls {
     ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
         tokio::spawn(async move {
+            let name = listener
+                .local_addr()
+                .map_or_else(|_| "tls".into(), |a| a.to_string());
+            let mut backoff = super::accept::Backoff::new(name);
             loop {
                 let (stream, peer) = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok(a) => a,
                         Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            backoff.failed(&e).await;
                             continue;
                         }
                     },
+                    () = backoff.quiet() => {
+                        backoff.recovered();
+                        continue;
+                    }
                     () = tx.closed() => return,
                 };
                 let _ = stream.set_nodelay(true);

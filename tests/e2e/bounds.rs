@@ -306,3 +306,81 @@ async fn a_thousand_rejected_label_keys_add_no_series() {
         .sum();
     assert_eq!(rejected, 1002.0, "{m:?}");
 }
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Out of file descriptors, meterd backs off instead of spinning on
+/// `accept`, says so once, keeps serving the connections it has, and
+/// accepts again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_open_connections_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    client
+        .emit(emit_req(vm_entry("vm-0", "before")))
+        .await
+        .unwrap();
+    let pid = server.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", open + 6, open + 6);
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .unwrap();
+    assert!(set.success());
+    // More connections than descriptors are left: the rest wait unaccepted.
+    let conns: Vec<std::net::TcpStream> = (0..30)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    crate::common::wait_until("the log says accepting stopped", || {
+        server.log_text().contains("cannot accept connections")
+    })
+    .await;
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    // Meanwhile the connection it has is served.
+    for i in 0..20 {
+        let r = client
+            .emit(emit_req(vm_entry("vm-0", &format!("during-{i}"))))
+            .await
+            .expect("an open connection is served");
+        assert!(!r.into_inner().duplicate);
+    }
+    // A window to measure in: an accept loop that spins burns a core.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu, wall) = (cpu_seconds(pid) - cpu0, t0.elapsed().as_secs_f64());
+    assert!(
+        cpu < 0.3 * wall,
+        "{cpu:.2} s of CPU in {wall:.2} s while out of descriptors"
+    );
+    drop(conns);
+    // Descriptors free again: a new client is served.
+    let mut fresh = server.client().await;
+    fresh
+        .emit(emit_req(vm_entry("vm-1", "after")))
+        .await
+        .expect("accepting again");
+    crate::common::wait_until("the log says accepting works again", || {
+        server.log_text().contains("accepting connections again")
+    })
+    .await;
+    // Once per change of state, not per failed accept (nor per connection
+    // of the backlog, which may fill the descriptors again as it drains).
+    let log = server.log_text();
+    assert_eq!(log.matches("cannot accept connections").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("accepting connections again").count(),
+        1,
+        "{log}"
+    );
+}
