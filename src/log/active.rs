@@ -209,7 +209,8 @@ fn recover(
             ..Times::default()
         };
         let w = walk(&kept)?;
-        if w.damaged.is_empty() && !w.shifted && w.end <= len {
+        let torn = is_torn_tail(data, &t.checks[kept.checks.len()..], w.end, len)?;
+        if w.damaged.is_empty() && !w.shifted && w.end <= len && torn {
             tracing::warn!(
                 stream = names.stream,
                 file = %names.active_data().display(),
@@ -236,6 +237,27 @@ fn recover(
     r.commits = t.commits;
     (r.checks, r.keyed, r.damaged) = (walked.checks, walked.keyed, walked.damaged);
     Ok(r)
+}
+
+/// Whether `[from, len)` of `data` is what a crash leaves of the records
+/// of `checks` written from `from`: each record that fits whole is intact,
+/// the one after it may be torn. Bytes deleted or changed in the middle are
+/// damage, not a crash. Blocking.
+fn is_torn_tail(data: &File, checks: &[Check], from: u64, len: u64) -> io::Result<bool> {
+    let mut at = from;
+    for c in checks {
+        let end = at + u64::from(c.len);
+        if end > len {
+            return Ok(true);
+        }
+        let mut bytes = vec![0u8; c.len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(data, &mut bytes, at)?;
+        if !c.matches(&bytes) {
+            return Ok(false);
+        }
+        at = end;
+    }
+    Ok(true)
 }
 
 /// How many groups at the end of the record file describe data that the

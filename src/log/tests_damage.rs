@@ -379,3 +379,30 @@ async fn snapshots_see_every_durable_record_once_while_segments_are_sealed() {
     assert!(log.segments().len() > 100);
     log.close().await.unwrap();
 }
+
+/// The active file's last record lost its final newline and bytes before it
+/// were inserted or deleted: it is still whole, and nothing of it is cut as
+/// an unacknowledged tail; a shortened file is damage here, not a crash
+/// (found by the fuzzer).
+#[tokio::test]
+async fn the_active_files_last_record_moved_and_without_its_newline_is_kept() {
+    for shift in [2i64, -4] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 8, 2, &[4]).await;
+        change(&dir.path().join("entries.jsonl"), |b| {
+            b.truncate(b.len() - 1);
+            let i = at(b, 7) + 3;
+            if shift < 0 {
+                b.drain(i..i + 4);
+            } else {
+                b.splice(i..i, std::iter::repeat_n(b'x', 2));
+            }
+        });
+        let log = open(&config(dir.path())).await;
+        let mut want = records(1..=6);
+        want.push(Got::Damaged(7));
+        want.extend(records(8..=8));
+        assert_eq!(report(log.reader(0).unwrap()), want, "shift {shift}");
+        log.close().await.unwrap();
+    }
+}

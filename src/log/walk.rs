@@ -270,6 +270,9 @@ impl<'a> Walker<'a> {
                 let mut line = self.slice(start, len - 1).to_vec();
                 line.push(b'\n');
                 if check.matches(&line) {
+                    // It ends where the file does: nothing after it to cut.
+                    self.cursor.at = file_len;
+                    self.cursor.shift = (start as i64).wrapping_sub(written as i64);
                     self.fixed = line;
                     return Ok(Some(Item::Record {
                         index,
