@@ -198,9 +198,10 @@ fn recover(
     let mut walked = None;
     if unsynced > 0 {
         // Their record reached the disk, their data did not: the two files
-        // are synced together, and a crash came between. Never acknowledged,
-        // if everything before them is whole and in its place (else this is
-        // damage, and is reported as such).
+        // are synced together, and a crash came before the sync ended (with
+        // `always`, before the reply), if everything before them is whole
+        // and in its place and what is there of them a torn prefix (else
+        // this is damage, and is reported as such).
         let keep = t.commits.len() - unsynced;
         let kept_count = keep.checked_sub(1).map_or(0, |i| t.commits[i].end_count);
         let kept = Times {
@@ -215,7 +216,7 @@ fn recover(
                 stream = names.stream,
                 file = %names.active_data().display(),
                 positions = %format!("{}..={}", first + kept_count, first + t.count() - 1),
-                "the record file names records whose data never reached the disk (a crash between the two syncs); they were never acknowledged and are cut"
+                "the record file names records whose data never reached the disk (a crash before their sync; with --fsync always they were never acknowledged); they are cut"
             );
             (t.commits, t.checks) = (kept.commits, kept.checks);
             walked = Some(w);

@@ -63,6 +63,9 @@ impl Writer {
         } else {
             (0, times::HEADER as u64)
         };
+        if active.len <= from && active.times_len <= times_from {
+            return; // everything acknowledged was synced
+        }
         let again = |file: &File, path: &Path, from: u64, to: u64| -> io::Result<()> {
             if to <= from {
                 return Ok(());
