@@ -32,6 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Maps become BTreeMaps so that iterating them yields sorted keys,
         // which is what Go's encoding/json writes.
         .btree_map(".")
+        // Our codec (src/pb/codec.rs): an undecodable request is
+        // INVALID_ARGUMENT, not tonic's INTERNAL.
+        .codec_path("crate::pb::codec::Codec")
+        // Decoded entry by entry (src/pb/lenient.rs), so one bad entry or
+        // batch does not fail its neighbours.
+        .extern_path(
+            ".metering.v1.EmitBatchRequest",
+            "crate::pb::lenient::EmitBatchRequest",
+        )
+        .extern_path(
+            ".metering.v1.SubmitBatchRequest",
+            "crate::pb::lenient::SubmitBatchRequest",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -24,6 +24,8 @@ const FIELDS: &[&str] = &[
     "entries",
     "batches",
     "upstream",
+    // A request element that could not be decoded (src/pb/lenient.rs).
+    "undecodable",
     "uuid",
     "model_uuid",
     "unit_name",
@@ -63,7 +65,7 @@ const FIELDS: &[&str] = &[
     "entries[].emitted_at",
 ];
 
-const _: () = assert!(FIELDS.len() == 19 + 2 * ENTRY_FIELDS.len());
+const _: () = assert!(FIELDS.len() == 20 + 2 * ENTRY_FIELDS.len());
 
 /// The label value for a field path: one of a fixed set of names, `other`
 /// for anything unexpected, so that no client can grow the number of

@@ -19,7 +19,7 @@ pub(super) async fn emit_batch(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<EmitBatchResponse, Error> {
     let max = shared.limits.max_entries_per_request;
-    if req.entries.len() > max {
+    if req.len() > max {
         // The whole call, before any entry is looked at: the sender must
         // split it, so no entry gets an answer of its own.
         count_rejected("entries");
@@ -27,7 +27,7 @@ pub(super) async fn emit_batch(
             "entries",
             format!(
                 "{} entries exceed the limit of {max} per request (--max-entries-per-request)",
-                req.entries.len()
+                req.len()
             ),
         )
         .into());
@@ -36,11 +36,14 @@ pub(super) async fn emit_batch(
         limits: &shared.limits,
         now: OffsetDateTime::now_utc(),
     };
-    let mut results = Vec::with_capacity(req.entries.len());
+    let mut results = Vec::with_capacity(req.len());
     // Index in `results` and metric labels of each record handed to the sinks.
-    let mut accepted = Vec::with_capacity(req.entries.len());
-    let mut records = Vec::with_capacity(req.entries.len());
-    for (i, pb) in req.entries.into_iter().enumerate() {
+    let mut accepted = Vec::with_capacity(req.len());
+    let mut records = Vec::with_capacity(req.len());
+    for (i, pb) in req.into_positions().enumerate() {
+        let Ok(pb) = pb.map_err(|e| reject_undecodable(&mut results, i, &e)) else {
+            continue;
+        };
         match check.entry(pb) {
             Ok(entry) => {
                 results.push(EntryResult {
@@ -113,6 +116,18 @@ pub(super) async fn emit_batch(
         }
     }
     Ok(EmitBatchResponse { results })
+}
+
+/// An entry that could not be decoded: rejected at its position, like one
+/// that broke a rule.
+fn reject_undecodable(results: &mut Vec<EntryResult>, i: usize, error: &str) {
+    tracing::debug!(entry = i, error, "entry could not be decoded");
+    count_rejected("undecodable");
+    results.push(EntryResult {
+        duplicate: false,
+        emitted_at: None,
+        rejected: format!("entries[{i}]: could not be decoded: {error}"),
+    });
 }
 
 fn count_rejected(field: &str) {

@@ -109,17 +109,18 @@ async fn start(
     let limits = &shared.limits;
     let mut rejected = Vec::new();
     let mut accepted = Vec::new();
-    let mut records = Vec::with_capacity(req.batches.len());
+    let mut records = Vec::with_capacity(req.len());
 
-    if req.batches.len() > limits.max_batches_per_request {
+    if req.len() > limits.max_batches_per_request {
         let reason = format!(
             "batches: {} batches exceed the limit of {} per request",
-            req.batches.len(),
+            req.len(),
             limits.max_batches_per_request
         );
-        for (i, b) in req.batches.into_iter().enumerate() {
+        for (i, b) in req.into_positions().enumerate() {
             count_rejected("batches");
-            rejected.push(rejection(i, b.uuid, b.model_uuid, reason.clone()));
+            let (uuid, model_uuid) = b.map(|b| (b.uuid, b.model_uuid)).unwrap_or_default();
+            rejected.push(rejection(i, uuid, model_uuid, reason.clone()));
         }
     } else {
         let check = Check {
@@ -127,7 +128,18 @@ async fn start(
             now: OffsetDateTime::now_utc(),
         };
         let keep_bodies = shared.sink.needs_body();
-        for (i, pb) in req.batches.into_iter().enumerate() {
+        for (i, pb) in req.into_positions().enumerate() {
+            let pb = match pb {
+                Ok(pb) => pb,
+                Err(error) => {
+                    // Its uuid is in the bytes that could not be decoded.
+                    tracing::debug!(batch = i, %error, "batch could not be decoded");
+                    count_rejected("undecodable");
+                    let reason = format!("could not be decoded: {error}");
+                    rejected.push(rejection(i, String::new(), String::new(), reason));
+                    continue;
+                }
+            };
             let (uuid, model_uuid) = (pb.uuid.clone(), pb.model_uuid.clone());
             match check.batch(pb) {
                 Ok(batch) => {

@@ -187,7 +187,7 @@ async fn a_stalled_upstream_cannot_grow_memory_through_pipelined_streams() {
         let requests = tokio_stream::iter((0..200).map(move |i| {
             let mut b = big.clone();
             b.uuid = format!("s{s}-{i}");
-            SubmitBatchRequest { batches: vec![b] }
+            SubmitBatchRequest::new(vec![b])
         }));
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -267,9 +267,11 @@ async fn a_thousand_rejected_label_keys_add_no_series() {
         let mut client = base.clone();
         async move {
             let n = batches.len();
-            let r =
-                crate::submit_batch::submit_all(&mut client, vec![SubmitBatchRequest { batches }])
-                    .await;
+            let r = crate::submit_batch::submit_all(
+                &mut client,
+                vec![SubmitBatchRequest::new(batches)],
+            )
+            .await;
             assert_eq!(r[0].rejected.len(), n, "every batch is rejected");
         }
     };

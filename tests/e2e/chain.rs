@@ -40,7 +40,7 @@ async fn wait_delivered_once(aggregator: &Path, vm_ids: &HashSet<String>, uuids:
 
 async fn emit_batch(client: &mut Client, entries: Vec<pb::Entry>) {
     let results = client
-        .emit_batch(EmitBatchRequest { entries })
+        .emit_batch(EmitBatchRequest::new(entries))
         .await
         .expect("EmitBatch")
         .into_inner()
@@ -91,9 +91,9 @@ async fn an_aggregator_with_stricter_limits_gets_everything_once_and_nothing_is_
         .map(|i| batch(&format!("strict-b-{i}"), "model-s"))
         .collect();
     let mut stream = client
-        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
-            batches: sent_batches.clone(),
-        }]))
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest::new(
+            sent_batches.clone(),
+        )]))
         .await
         .unwrap()
         .into_inner();

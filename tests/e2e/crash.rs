@@ -100,11 +100,11 @@ async fn load(
         let mut client = server.client().await;
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
-            let requests = tokio_stream::iter(0..).map(move |i| SubmitBatchRequest {
-                batches: vec![
+            let requests = tokio_stream::iter(0..).map(move |i| {
+                SubmitBatchRequest::new(vec![
                     batch(&format!("c{cycle}-s{s}-{i}-a"), "m"),
                     batch(&format!("c{cycle}-s{s}-{i}-b"), "m"),
-                ],
+                ])
             });
             let Ok(resp) = client.submit_batch(requests).await else {
                 return;

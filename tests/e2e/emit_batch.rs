@@ -11,7 +11,7 @@ use tonic::Code;
 use crate::common::{emit_req, entries, field_values, free_port, vm_entry, Binary, Server};
 
 fn request(entries: Vec<pb::Entry>) -> EmitBatchRequest {
-    EmitBatchRequest { entries }
+    EmitBatchRequest::new(entries)
 }
 
 /// Entries without an id and without `emitted_at` are stamped with their

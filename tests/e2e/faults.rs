@@ -103,9 +103,9 @@ async fn a_full_filesystem_fails_loudly_loses_nothing_and_recovers() {
     wait_health(&server, ServingStatus::NotServing).await;
     // Batches fail the same way while the disk is full.
     let mut stream = client
-        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
-            batches: vec![batch("full-b", "m")],
-        }]))
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest::new(vec![
+            batch("full-b", "m"),
+        ])]))
         .await
         .unwrap()
         .into_inner();

@@ -80,12 +80,10 @@ fn start_load(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let req = SubmitBatchRequest {
-                    batches: vec![
-                        batch(&format!("{tag}-b-{i}-x"), "model-a"),
-                        batch(&format!("{tag}-b-{i}-y"), "model-b"),
-                    ],
-                };
+                let req = SubmitBatchRequest::new(vec![
+                    batch(&format!("{tag}-b-{i}-x"), "model-a"),
+                    batch(&format!("{tag}-b-{i}-y"), "model-b"),
+                ]);
                 if tx.send(req).await.is_err() {
                     break;
                 }
@@ -454,9 +452,9 @@ async fn pass_through_acks_only_what_the_upstream_acked() {
         .unwrap();
     assert!(resp.get_ref().duplicate);
     let mut stream = client
-        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
-            batches: vec![batch("pt-b-1", "model-a")],
-        }]))
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest::new(vec![
+            batch("pt-b-1", "model-a"),
+        ])]))
         .await
         .unwrap()
         .into_inner();
@@ -486,12 +484,8 @@ async fn records_the_upstream_rejects_go_to_the_dead_letter_file() {
     let mut too_big = batch("dl-big", "model-a");
     too_big.metrics.push(too_big.metrics[0].clone());
     let requests = vec![
-        SubmitBatchRequest {
-            batches: vec![batch("dl-ok-1", "model-a"), too_big],
-        },
-        SubmitBatchRequest {
-            batches: vec![batch("dl-ok-2", "model-a")],
-        },
+        SubmitBatchRequest::new(vec![batch("dl-ok-1", "model-a"), too_big]),
+        SubmitBatchRequest::new(vec![batch("dl-ok-2", "model-a")]),
     ];
     let mut stream = client
         .submit_batch(tokio_stream::iter(requests))
@@ -599,10 +593,8 @@ async fn pass_through_relays_the_upstreams_rejections() {
     ok2.uuid = "pt-ok-2".into();
     let mut stream = client
         .submit_batch(tokio_stream::iter(vec![
-            SubmitBatchRequest {
-                batches: vec![too_big, ok],
-            },
-            SubmitBatchRequest { batches: vec![ok2] },
+            SubmitBatchRequest::new(vec![too_big, ok]),
+            SubmitBatchRequest::new(vec![ok2]),
         ]))
         .await
         .unwrap()
@@ -741,9 +733,10 @@ async fn a_2_mib_batch_acked_by_a_sidecar_arrives_once_whole() {
     let mut client = sidecar.client().await;
     let resp = crate::submit_batch::submit_all(
         &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![big, batch("small-after", "m")],
-        }],
+        vec![SubmitBatchRequest::new(vec![
+            big,
+            batch("small-after", "m"),
+        ])],
     )
     .await;
     assert_eq!(
@@ -801,7 +794,7 @@ async fn a_spool_whose_upstream_keeps_up_never_reports_full() {
             .map(|i| vm_entry("vm-flow", &format!("flow-{round}-{i}")))
             .collect();
         let results = client
-            .emit_batch(meterd::pb::EmitBatchRequest { entries })
+            .emit_batch(meterd::pb::EmitBatchRequest::new(entries))
             .await
             .unwrap_or_else(|s| panic!("round {round}: refused: {s:?}"))
             .into_inner()

@@ -206,7 +206,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 async fn submit(client: &mut Client, batches: Vec<meterd::pb::MetricBatch>) -> SubmitBatchResponse {
     let mut stream = client
-        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest { batches }]))
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest::new(batches)]))
         .await
         .unwrap()
         .into_inner();
@@ -283,12 +283,8 @@ async fn collector_wire_acks_retries_and_statuses() {
     // are not re-sent, and the client sees each ack once.
     let mut stream = client
         .submit_batch(tokio_stream::iter(vec![
-            SubmitBatchRequest {
-                batches: vec![batch("h-1-hold", "model-h"), batch("h-2", "model-h")],
-            },
-            SubmitBatchRequest {
-                batches: vec![batch("h-3", "model-h")],
-            },
+            SubmitBatchRequest::new(vec![batch("h-1-hold", "model-h"), batch("h-2", "model-h")]),
+            SubmitBatchRequest::new(vec![batch("h-3", "model-h")]),
         ]))
         .await
         .unwrap()
@@ -568,9 +564,9 @@ async fn pass_through_health_follows_the_collector() {
     .await;
     let mut client = server.client().await;
     let s = client
-        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
-            batches: vec![batch("pt-h-1", "m")],
-        }]))
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest::new(vec![
+            batch("pt-h-1", "m"),
+        ])]))
         .await
         .unwrap()
         .into_inner()

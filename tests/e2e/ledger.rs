@@ -35,9 +35,7 @@ async fn duplicate_entry_id_and_batch_uuid_are_written_once_across_a_restart() {
     assert!(again.duplicate, "same id in the same run");
     let r = submit_all(
         &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![batch("b-1", "m")],
-        }],
+        vec![SubmitBatchRequest::new(vec![batch("b-1", "m")])],
     )
     .await;
     assert_eq!(acks(&r[0], "m"), vec!["b-1"]);
@@ -62,12 +60,8 @@ async fn duplicate_entry_id_and_batch_uuid_are_written_once_across_a_restart() {
     let r = submit_all(
         &mut client,
         vec![
-            SubmitBatchRequest {
-                batches: vec![batch("b-1", "m"), batch("b-2", "m")],
-            },
-            SubmitBatchRequest {
-                batches: vec![batch("b-2", "m")],
-            },
+            SubmitBatchRequest::new(vec![batch("b-1", "m"), batch("b-2", "m")]),
+            SubmitBatchRequest::new(vec![batch("b-2", "m")]),
         ],
     )
     .await;
@@ -187,13 +181,7 @@ async fn a_backfilled_entry_and_batch_retried_after_a_restart_are_written_once()
             .unwrap()
             .into_inner();
         assert_eq!(r.duplicate, round == 1, "round {round}");
-        let resp = submit_all(
-            &mut client,
-            vec![SubmitBatchRequest {
-                batches: vec![b.clone()],
-            }],
-        )
-        .await;
+        let resp = submit_all(&mut client, vec![SubmitBatchRequest::new(vec![b.clone()])]).await;
         assert_eq!(acks(&resp[0], "m"), vec!["b-backfill"]);
         server.stop().await;
     }
@@ -237,9 +225,7 @@ async fn a_torn_last_line_is_cut_on_start() {
         .unwrap();
     submit_all(
         &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![batch("b", "m")],
-        }],
+        vec![SubmitBatchRequest::new(vec![batch("b", "m")])],
     )
     .await;
     server.stop().await;
@@ -323,9 +309,9 @@ async fn a_failing_disk_ends_submit_batch_with_unavailable_and_nothing_acked() {
     let server = Server::jsonl(dir.path()).await;
     let mut client = server.client().await;
     let mut responses = client
-        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest {
-            batches: vec![batch("b-1", "m")],
-        }]))
+        .submit_batch(tokio_stream::iter(vec![SubmitBatchRequest::new(vec![
+            batch("b-1", "m"),
+        ])]))
         .await
         .unwrap()
         .into_inner();
@@ -339,9 +325,7 @@ async fn a_failing_disk_ends_submit_batch_with_unavailable_and_nothing_acked() {
     std::fs::remove_file(dir.path().join(BATCHES_FILE)).unwrap();
     let r = submit_all(
         &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![batch("b-1", "m")],
-        }],
+        vec![SubmitBatchRequest::new(vec![batch("b-1", "m")])],
     )
     .await;
     assert_eq!(
@@ -428,13 +412,7 @@ async fn a_ledger_of_the_previous_release_opens_and_keeps_deduping() {
     assert!(r.duplicate, "an id of the old file is still known");
     let mut again = batch(&old_uuid, "m");
     again.model_uuid = "m".into();
-    submit_all(
-        &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![again],
-        }],
-    )
-    .await;
+    submit_all(&mut client, vec![SubmitBatchRequest::new(vec![again])]).await;
     drop(server);
     assert_eq!(entries(dir.path()).len(), old_entries.lines().count());
     assert_eq!(

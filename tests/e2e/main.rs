@@ -5,6 +5,7 @@ mod chain;
 mod cli;
 mod common;
 mod crash;
+mod decode;
 mod durability;
 mod emit;
 mod emit_batch;

@@ -243,11 +243,11 @@ async fn nats_every_record_arrives_once_byte_identical_to_the_ledger() {
         }
     }
     let requests: Vec<SubmitBatchRequest> = (0..5)
-        .map(|i| SubmitBatchRequest {
-            batches: vec![
+        .map(|i| {
+            SubmitBatchRequest::new(vec![
                 batch(&format!("b-{i}-a"), "model-a"),
                 batch(&format!("b-{i}-b"), "model.b *x"),
-            ],
+            ])
         })
         .collect();
     let mut resp = client
@@ -386,12 +386,10 @@ fn start_load(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let req = SubmitBatchRequest {
-                    batches: vec![
-                        batch(&format!("b-{i}-x"), "model-a"),
-                        batch(&format!("b-{i}-y"), "model-b"),
-                    ],
-                };
+                let req = SubmitBatchRequest::new(vec![
+                    batch(&format!("b-{i}-x"), "model-a"),
+                    batch(&format!("b-{i}-y"), "model-b"),
+                ]);
                 let Ok(resp) = client.submit_batch(tokio_stream::iter(vec![req])).await else {
                     continue;
                 };
@@ -720,9 +718,7 @@ async fn nats_a_message_id_already_in_the_stream_counts_as_delivered_once() {
         .emit(emit_req(vm_entry("vm-2", "new-1")))
         .await
         .unwrap();
-    let req = SubmitBatchRequest {
-        batches: vec![batch("b-1", "model-a")],
-    };
+    let req = SubmitBatchRequest::new(vec![batch("b-1", "model-a")]);
     let mut resp = client
         .submit_batch(tokio_stream::iter(vec![req]))
         .await

@@ -69,16 +69,16 @@ async fn metrics_show_exactly_the_calls_made() {
     no_unit.unit_name.clear();
     submit_all(
         &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![batch("b-1", "m"), batch("b-2", "m"), no_unit],
-        }],
+        vec![SubmitBatchRequest::new(vec![
+            batch("b-1", "m"),
+            batch("b-2", "m"),
+            no_unit,
+        ])],
     )
     .await;
     submit_all(
         &mut client,
-        vec![SubmitBatchRequest {
-            batches: vec![batch("b-1", "m")],
-        }],
+        vec![SubmitBatchRequest::new(vec![batch("b-1", "m")])],
     )
     .await;
 

@@ -232,9 +232,7 @@ async fn bearer_tokens_guard_writes_but_not_health_or_reflection() {
             status.message()
         );
     }
-    let batch = meterd::pb::SubmitBatchRequest {
-        batches: vec![crate::common::batch("b", "m")],
-    };
+    let batch = meterd::pb::SubmitBatchRequest::new(vec![crate::common::batch("b", "m")]);
     let status = client
         .submit_batch(with_token(tokio_stream::iter(vec![batch]), None))
         .await

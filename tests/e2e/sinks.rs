@@ -35,9 +35,7 @@ pub async fn exercise(sink: Arc<dyn Sink>) {
     let mut c = client.clone();
     let r = submit_all(
         &mut c,
-        vec![SubmitBatchRequest {
-            batches: vec![batch("b-1", "m")],
-        }],
+        vec![SubmitBatchRequest::new(vec![batch("b-1", "m")])],
     )
     .await;
     assert_eq!(acks(&r[0], "m"), vec!["b-1"]);
@@ -133,9 +131,7 @@ async fn a_retry_after_a_partial_fan_out_failure_is_written_once_everywhere() {
     let with_id = vm_entry("vm-fan", "fan-1");
     // No id, and its own emitted_at: a retry is the same content.
     let without_id = vm_entry("vm-fan-noid", "");
-    let batches = vec![SubmitBatchRequest {
-        batches: vec![batch("fan-b", "m")],
-    }];
+    let batches = vec![SubmitBatchRequest::new(vec![batch("fan-b", "m")])];
 
     for entry in [&with_id, &without_id] {
         let s = client.emit(emit_req(entry.clone())).await.unwrap_err();

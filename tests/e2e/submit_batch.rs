@@ -47,9 +47,7 @@ async fn every_batch_vector_lands_in_the_ledger_byte_for_byte() {
     for (_, line) in vector_lines("metric_batches") {
         if line.starts_with('{') {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            requests.push(SubmitBatchRequest {
-                batches: vec![pb_batch_from_go(&v)],
-            });
+            requests.push(SubmitBatchRequest::new(vec![pb_batch_from_go(&v)]));
             want.push(line);
         }
     }
@@ -90,27 +88,25 @@ async fn pipelined_requests_with_good_and_bad_batches_are_answered_in_order() {
             time: None,
             labels: Default::default(),
         });
-        requests.push(SubmitBatchRequest {
-            batches: vec![
-                batch(&format!("a-{r}"), "model-a"),
-                bad_key,
-                batch(&format!("b-{r}"), "model-b"),
-                pb::MetricBatch {
-                    uuid: String::new(),
-                    ..batch("", "model-a")
-                },
-                pb::MetricBatch {
-                    model_uuid: String::new(),
-                    ..batch(&format!("no-model-{r}"), "")
-                },
-                pb::MetricBatch {
-                    unit_name: String::new(),
-                    ..batch(&format!("no-unit-{r}"), "model-a")
-                },
-                no_time,
-                batch(&format!("a2-{r}"), "model-a"),
-            ],
-        });
+        requests.push(SubmitBatchRequest::new(vec![
+            batch(&format!("a-{r}"), "model-a"),
+            bad_key,
+            batch(&format!("b-{r}"), "model-b"),
+            pb::MetricBatch {
+                uuid: String::new(),
+                ..batch("", "model-a")
+            },
+            pb::MetricBatch {
+                model_uuid: String::new(),
+                ..batch(&format!("no-model-{r}"), "")
+            },
+            pb::MetricBatch {
+                unit_name: String::new(),
+                ..batch(&format!("no-unit-{r}"), "model-a")
+            },
+            no_time,
+            batch(&format!("a2-{r}"), "model-a"),
+        ]));
     }
 
     // Send all requests up front through a channel, reading responses as they come.
@@ -183,9 +179,7 @@ async fn batch_limits_reject_before_any_work() {
     let server = Server::jsonl_with(dir.path(), config).await;
     let mut client = server.client().await;
 
-    let too_many = SubmitBatchRequest {
-        batches: (0..4).map(|i| batch(&format!("x{i}"), "m")).collect(),
-    };
+    let too_many = SubmitBatchRequest::new((0..4).map(|i| batch(&format!("x{i}"), "m")).collect());
     let mut many_metrics = batch("many-metrics", "m");
     many_metrics.metrics = vec![many_metrics.metrics[0].clone(); 3];
     let mut labels = batch("labels", "m");
@@ -209,11 +203,9 @@ async fn batch_limits_reject_before_any_work() {
     requests.extend(
         singles
             .into_iter()
-            .map(|b| SubmitBatchRequest { batches: vec![b] }),
+            .map(|b| SubmitBatchRequest::new(vec![b])),
     );
-    requests.push(SubmitBatchRequest {
-        batches: vec![batch("fine", "m")],
-    });
+    requests.push(SubmitBatchRequest::new(vec![batch("fine", "m")]));
 
     let responses = submit_all(&mut client, requests).await;
     let reasons: Vec<Vec<String>> = responses

@@ -345,10 +345,12 @@ async fn batches_come_whole_with_their_credentials_in_bounded_responses() {
     let mut client = server.client().await;
     // Enough batches that one response cannot hold them all.
     let requests: Vec<SubmitBatchRequest> = (0..3)
-        .map(|r| SubmitBatchRequest {
-            batches: (0..700)
-                .map(|i| batch(&format!("b-{r}-{i}"), "model-1"))
-                .collect(),
+        .map(|r| {
+            SubmitBatchRequest::new(
+                (0..700)
+                    .map(|i| batch(&format!("b-{r}-{i}"), "model-1"))
+                    .collect(),
+            )
         })
         .collect();
     submit_all(&mut client, requests).await;

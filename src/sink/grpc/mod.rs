@@ -125,7 +125,7 @@ impl GrpcUpstream {
             .iter()
             .map(|b| (b.uuid.clone(), b.model_uuid.clone()))
             .collect();
-        let req = self.request(tokio_stream::iter(vec![SubmitBatchRequest { batches }]));
+        let req = self.request(tokio_stream::iter(vec![SubmitBatchRequest::new(batches)]));
         self.deadline(async move {
             let grpc = |s: tonic::Status| UpstreamError::grpc(&s, "batches");
             let mut responses = client.submit_batch(req).await.map_err(grpc)?.into_inner();
@@ -182,7 +182,7 @@ impl GrpcUpstream {
             return self.deadline(emit_one_by_one(client, requests));
         }
         let n = entries.len();
-        let batch = self.request(EmitBatchRequest { entries });
+        let batch = self.request(EmitBatchRequest::new(entries));
         let no_emit_batch = self.no_emit_batch.clone();
         self.deadline(async move {
             let results = match client.emit_batch(batch).await {
