@@ -571,12 +571,12 @@ async fn stream_load(
                         break;
                     }
                 }
-                let req = SubmitBatchRequest {
-                    batches: uuids
+                let req = SubmitBatchRequest::new(
+                    uuids
                         .iter()
                         .map(|u| metric_batch(u.clone(), metrics, &now))
                         .collect(),
-                };
+                );
                 sent.extend(uuids.iter().cloned());
                 pending
                     .lock()
@@ -772,7 +772,7 @@ async fn chain(a: ChainArgs) -> Res<()> {
                     .map(|n| entry(format!("{prefix}-{n}")))
                     .collect();
                 let results = client
-                    .emit_batch(meterd::pb::EmitBatchRequest { entries })
+                    .emit_batch(meterd::pb::EmitBatchRequest::new(entries))
                     .await?
                     .into_inner()
                     .results;

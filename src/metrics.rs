@@ -75,6 +75,8 @@ pub struct Metrics {
     pub group_records: Histogram,
     pub in_flight: Gauge,
     pub queue_bytes: Gauge,
+    pub in_flight_bytes: Gauge,
+    pub in_flight_refused: Counter,
     pub backlog_records: Family<ForwardLabels, Gauge>,
     pub backlog_bytes: Family<ForwardLabels, Gauge>,
     pub oldest_pending_seconds: Family<ForwardLabels, Gauge>,
@@ -111,6 +113,8 @@ impl Metrics {
             group_records: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             in_flight: Gauge::default(),
             queue_bytes: Gauge::default(),
+            in_flight_bytes: Gauge::default(),
+            in_flight_refused: Counter::default(),
             backlog_records: Family::default(),
             backlog_bytes: Family::default(),
             oldest_pending_seconds: Family::default(),
@@ -181,6 +185,16 @@ impl Metrics {
             "queue_bytes",
             "Bytes of records handed to the sinks and not yet written (bounded by --max-queue-bytes)",
             m.queue_bytes.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of SubmitBatch/EmitBatch messages read and not yet queued (bounded by --max-in-flight-bytes)",
+            m.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "in_flight_refused",
+            "Request messages refused for want of room in --max-in-flight-bytes, or arriving slower than --message-read-timeout",
+            m.in_flight_refused.clone(),
         );
         registry.register(
             "forward_backlog_records",

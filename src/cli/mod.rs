@@ -236,6 +236,13 @@ pub struct ServeArgs {
     /// Bytes of accepted records handed to the sinks and not yet written (1 to 4GiB); beyond it callers wait up to 5s (or most of their own deadline), then get RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size, env = "METERD_MAX_QUEUE_BYTES")]
     pub max_queue_bytes: i64,
+    /// Bytes of SubmitBatch and EmitBatch request messages read from clients and not yet queued (1 to 4GiB); beyond it meterd stops reading (HTTP/2 flow control holds the client), and a message without room within 5s gets RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size, env = "METERD_MAX_IN_FLIGHT_BYTES")]
+    pub max_in_flight_bytes: i64,
+    /// A SubmitBatch or EmitBatch message must arrive whole within this time of its first bytes, else its call gets RESOURCE_EXHAUSTED (a sender that takes room and trickles).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, env = "METERD_MESSAGE_READ_TIMEOUT")]
+    #[serde(serialize_with = "duration")]
+    pub message_read_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, value_name = "N", default_value_t = 256, env = "METERD_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,

@@ -152,6 +152,16 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                         args.max_queue_bytes
                     )
                 })?,
+            max_in_flight_bytes: u64::try_from(args.max_in_flight_bytes)
+                .ok()
+                .filter(|b| (1..=1 << 32).contains(b))
+                .ok_or_else(|| {
+                    format!(
+                        "--max-in-flight-bytes {}: must be between 1 byte and 4GiB",
+                        args.max_in_flight_bytes
+                    )
+                })?,
+            message_read_timeout: args.message_read_timeout,
             max_streams_per_connection: args.max_streams_per_connection,
             http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
             http2_keepalive_timeout: args.http2_keepalive_timeout,

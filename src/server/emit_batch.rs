@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use super::inflight::Hold;
 use super::status::Error;
 use super::Shared;
 use crate::metrics::{field_label, metrics, RecordLabels, RejectLabels, TypeLabels};
@@ -17,6 +18,7 @@ pub(super) async fn emit_batch(
     shared: &Arc<Shared>,
     req: EmitBatchRequest,
     deadline: Option<tokio::time::Instant>,
+    read: Option<Hold>,
 ) -> Result<EmitBatchResponse, Error> {
     let max = shared.limits.max_entries_per_request;
     if req.len() > max {
@@ -84,6 +86,11 @@ pub(super) async fn emit_batch(
 
     let records: Arc<[Record]> = records.into();
     let held = shared.room(&records, deadline).await?;
+    // The request's bytes counted in --max-in-flight-bytes until its
+    // records counted in --max-queue-bytes.
+    if let Some(read) = read {
+        read.release();
+    }
     let outcomes = shared.submit(records, held).await?;
     if outcomes.len() != accepted.len() {
         return Err(Error::Incomplete {

@@ -29,6 +29,7 @@ mod budget;
 mod emit;
 mod emit_batch;
 mod health;
+mod inflight;
 mod ledger;
 mod listen;
 mod quiet;
@@ -55,6 +56,11 @@ pub struct Config {
     /// Bytes of records handed to the sinks and not yet written; beyond it
     /// callers wait, then get RESOURCE_EXHAUSTED (see `budget.rs`).
     pub max_queue_bytes: u64,
+    /// Bytes of SubmitBatch/EmitBatch messages read and not yet queued;
+    /// beyond it meterd stops reading (see `inflight.rs`).
+    pub max_in_flight_bytes: u64,
+    /// How long one such message may take to arrive whole.
+    pub message_read_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
     /// HTTP/2 pings to idle connections, and how long to wait for the answer
@@ -88,6 +94,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             max_in_flight: 1024,
             max_queue_bytes: 64 << 20,
+            max_in_flight_bytes: 64 << 20,
+            message_read_timeout: Duration::from_secs(30),
             max_streams_per_connection: 256,
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),
@@ -250,9 +258,11 @@ impl MeteringService for Metering {
         request: Request<EmitBatchRequest>,
     ) -> Result<Response<EmitBatchResponse>, Status> {
         let deadline = budget::deadline(request.metadata());
+        let read = request.extensions().get::<inflight::Hold>().cloned();
         let result = match self.shared.admit() {
             Ok(admission) => {
-                let r = emit_batch::emit_batch(&self.shared, request.into_inner(), deadline).await;
+                let r = emit_batch::emit_batch(&self.shared, request.into_inner(), deadline, read)
+                    .await;
                 drop(admission);
                 r.map_err(|e| {
                     tracing::debug!(error = %e, "emit batch failed");
@@ -277,6 +287,7 @@ impl MeteringService for Metering {
         request: Request<Streaming<SubmitBatchRequest>>,
     ) -> Result<Response<Self::SubmitBatchStream>, Status> {
         let deadline = budget::deadline(request.metadata());
+        let read = request.extensions().get::<inflight::Hold>().cloned();
         let admission = self.shared.admit().map_err(|e| {
             let s = Status::from(e);
             count_rpc("SubmitBatch", s.code());
@@ -287,6 +298,7 @@ impl MeteringService for Metering {
             request.into_inner(),
             admission,
             deadline,
+            read,
         )))
     }
 }
@@ -367,6 +379,11 @@ pub async fn run(
     let reflection_v1alpha: Intercepted<_> =
         InterceptedService::new(reflection().build_v1alpha()?, guard(others));
 
+    let in_flight_bytes = inflight::Budget::new(
+        config.max_in_flight_bytes,
+        config.max_message_bytes,
+        config.message_read_timeout,
+    );
     let token = CancellationToken::new();
     let handshakes = tls::Handshakes::new(config.max_tls_handshakes);
     let mut servers = tokio::task::JoinSet::new();
@@ -384,6 +401,7 @@ pub async fn run(
         let router = builder
             // Unix sockets accept the socket path as :authority, TCP does not.
             .layer(authority::layer(unix_socket))
+            .layer(inflight::Layer(in_flight_bytes.clone()))
             .add_service(metering.clone())
             .add_service(ledger_service.clone())
             .add_service(health_service.clone())

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use super::inflight::Hold;
 use super::status::Error;
 use super::{count_rpc, Admission, Shared};
 use crate::metrics::{field_label, metrics, RecordLabels, RejectLabels, TypeLabels};
@@ -50,6 +51,7 @@ pub(super) fn submit_batch(
     mut inbound: Streaming<SubmitBatchRequest>,
     admission: Admission,
     deadline: Option<tokio::time::Instant>,
+    read: Option<Hold>,
 ) -> ResponseStream {
     let (pending_tx, mut pending_rx) = mpsc::channel::<Result<InFlight, Status>>(PIPELINE_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(RESPONSE_BUFFER);
@@ -58,9 +60,15 @@ pub(super) fn submit_batch(
     tokio::spawn(async move {
         loop {
             let item = match inbound.message().await {
-                Ok(Some(req)) => start(&reader_shared, req, deadline)
-                    .await
-                    .map_err(Status::from),
+                Ok(Some(req)) => {
+                    let started = start(&reader_shared, req, deadline).await;
+                    // Its records have room in the queue (or were rejected):
+                    // its bytes no longer count in --max-in-flight-bytes.
+                    if let Some(read) = &read {
+                        read.release();
+                    }
+                    started.map_err(Status::from)
+                }
                 Ok(None) => break,
                 Err(status) => Err(status),
             };

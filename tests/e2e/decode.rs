@@ -112,7 +112,11 @@ async fn undecodable_emits_are_invalid_argument_and_write_nothing() {
         .await
         .expect_err("malformed protobuf must be refused");
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-    assert!(s.message().contains("could not be decoded"), "{}", s.message());
+    assert!(
+        s.message().contains("could not be decoded"),
+        "{}",
+        s.message()
+    );
 
     // Nothing was written; the server goes on serving.
     let ok = pb::EmitRequest {
@@ -177,7 +181,11 @@ async fn an_undecodable_batch_is_rejected_and_the_submit_batch_stream_goes_on() 
         .expect("stream opens")
         .into_inner();
 
-    let r1 = responses.message().await.expect("first answer").expect("one");
+    let r1 = responses
+        .message()
+        .await
+        .expect("first answer")
+        .expect("one");
     assert_eq!(r1.env_responses["model-a"].acks, vec!["b-1"]);
     assert_eq!(r1.rejected.len(), 1, "{r1:?}");
     assert_eq!(r1.rejected[0].index, 1);
@@ -185,7 +193,11 @@ async fn an_undecodable_batch_is_rejected_and_the_submit_batch_stream_goes_on() 
     assert!(why.contains("could not be decoded"), "{why}");
     assert!(why.contains("MetricBatch.unit_name"), "{why}");
     // The stream was not ended by the bad batch.
-    let r2 = responses.message().await.expect("second answer").expect("two");
+    let r2 = responses
+        .message()
+        .await
+        .expect("second answer")
+        .expect("two");
     assert_eq!(r2.env_responses["model-a"].acks, vec!["b-2"]);
     assert!(responses.message().await.expect("clean end").is_none());
     assert_eq!(
@@ -233,8 +245,7 @@ mod picky {
             }))
         }
 
-        type SubmitBatchStream =
-            tokio_stream::Empty<Result<pb::SubmitBatchResponse, Status>>;
+        type SubmitBatchStream = tokio_stream::Empty<Result<pb::SubmitBatchResponse, Status>>;
 
         async fn submit_batch(
             &self,
@@ -285,7 +296,10 @@ async fn a_forwarder_dead_letters_what_its_upstream_cannot_decode() {
     let v: serde_json::Value = serde_json::from_str(&dead[0]).unwrap();
     assert_eq!(v["record"]["vm_id"], "vm-poison");
     assert!(
-        v["reason"].as_str().unwrap_or("").contains("could not be decoded"),
+        v["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not be decoded"),
         "{v}"
     );
     server.abort();

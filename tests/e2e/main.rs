@@ -12,6 +12,7 @@ mod emit_batch;
 mod faults;
 mod forward;
 mod grpcurl;
+mod hostile;
 mod http;
 mod integrity;
 mod ledger;
