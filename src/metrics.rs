@@ -76,6 +76,10 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub queue_bytes: Gauge,
     pub in_flight_bytes: Gauge,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub connections_handshake_timed_out: Counter,
+    pub connections_idle_closed: Counter,
     pub in_flight_refused: Counter,
     pub backlog_records: Family<ForwardLabels, Gauge>,
     pub backlog_bytes: Family<ForwardLabels, Gauge>,
@@ -114,6 +118,10 @@ impl Metrics {
             in_flight: Gauge::default(),
             queue_bytes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_handshake_timed_out: Counter::default(),
+            connections_idle_closed: Counter::default(),
             in_flight_refused: Counter::default(),
             backlog_records: Family::default(),
             backlog_bytes: Family::default(),
@@ -190,6 +198,26 @@ impl Metrics {
             "in_flight_bytes",
             "Bytes of SubmitBatch/EmitBatch messages read and not yet queued (bounded by --max-in-flight-bytes)",
             m.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now, over every listener (bounded by --max-connections)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because --max-connections were open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_handshake_timed_out",
+            "Connections closed for not sending the HTTP/2 preface within --handshake-timeout",
+            m.connections_handshake_timed_out.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed after --idle-timeout without a call",
+            m.connections_idle_closed.clone(),
         );
         registry.register(
             "in_flight_refused",

@@ -246,6 +246,17 @@ pub struct ServeArgs {
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, value_name = "N", default_value_t = 256, env = "METERD_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
+    /// Client connections open at once over every listener; beyond it a new connection is closed at once (counted in /metrics, logged once per change of state).
+    #[arg(long, value_name = "N", default_value_t = 4096, env = "METERD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A connection that has not sent the HTTP/2 preface (and finished its TLS handshake) within this of its accept is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "METERD_HANDSHAKE_TIMEOUT")]
+    #[serde(serialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// A connection without a call for this long is closed (0s: never). A Tail follower is a call.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, env = "METERD_IDLE_TIMEOUT")]
+    #[serde(serialize_with = "duration")]
+    pub idle_timeout: Duration,
     /// Interval of HTTP/2 keepalive pings to idle connections (0s: off).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, env = "METERD_HTTP2_KEEPALIVE_INTERVAL")]
     #[serde(serialize_with = "duration")]

@@ -163,6 +163,10 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                 })?,
             message_read_timeout: args.message_read_timeout,
             max_streams_per_connection: args.max_streams_per_connection,
+            max_connections: args.max_connections as usize,
+            handshake_timeout: nonzero(args.handshake_timeout)
+                .ok_or("--handshake-timeout: must be more than 0s")?,
+            idle_timeout: nonzero(args.idle_timeout),
             http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
             http2_keepalive_timeout: args.http2_keepalive_timeout,
             tcp_keepalive: nonzero(args.tcp_keepalive),

@@ -12,9 +12,11 @@ use super::{ReadError, Source};
 pub const MAX_RECORDS: usize = 1024;
 /// Ledger bytes per response, at most, except that a record always comes
 /// whole. With each record's decoded copy beside its line, a response stays
-/// near 1.3 MiB, under gRPC's usual 4 MiB receive limit, unless one record
-/// alone is larger (a batch may be up to `--max-message-bytes`).
-pub const MAX_BYTES: usize = 512 * 1024;
+/// near 330 KiB, far under gRPC's usual 4 MiB receive limit, unless one
+/// record alone is larger (a batch may be up to `--max-message-bytes`).
+/// It is also what a follower that stops reading costs: the response
+/// waiting in HTTP/2's send buffer (nothing is read ahead of the client).
+pub const MAX_BYTES: usize = 128 * 1024;
 
 /// A log of the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

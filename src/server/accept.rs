@@ -7,12 +7,15 @@
 //! alone: they keep being served.
 
 use std::io;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use super::conn::{Conn, Limits};
 
 /// Accepted connections waiting for the HTTP/2 server.
 const QUEUE: usize = 64;
@@ -115,8 +118,13 @@ impl Listen for UnixListener {
     }
 }
 
-/// The connections accepted on `listener` (named `name` in log lines).
-pub(crate) fn incoming<L: Listen>(listener: L, name: String) -> ReceiverStream<io::Result<L::Io>> {
+/// The connections accepted on `listener` (named `name` in log lines),
+/// under the connection `limits`.
+pub(crate) fn incoming<L: Listen>(
+    listener: L,
+    name: String,
+    limits: Arc<Limits>,
+) -> ReceiverStream<io::Result<Conn<L::Io>>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
         let mut backoff = Backoff::new(name);
@@ -131,7 +139,11 @@ pub(crate) fn incoming<L: Listen>(listener: L, name: String) -> ReceiverStream<i
             };
             match accepted {
                 Ok(s) => {
-                    if tx.send(Ok(s)).await.is_err() {
+                    // At the cap the connection is closed (dropped) at once.
+                    let Some(slot) = limits.admit() else {
+                        continue;
+                    };
+                    if tx.send(Ok(Conn::new(s, slot, &limits))).await.is_err() {
                         return;
                     }
                 }

@@ -26,6 +26,7 @@ mod accept;
 mod auth;
 mod authority;
 mod budget;
+mod conn;
 mod emit;
 mod emit_batch;
 mod health;
@@ -63,6 +64,14 @@ pub struct Config {
     pub message_read_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// Client connections open at once over every listener; beyond it a
+    /// new one is closed at once (see `conn.rs`).
+    pub max_connections: usize,
+    /// A connection must send the HTTP/2 preface within this of its
+    /// accept (TLS handshake included).
+    pub handshake_timeout: Duration,
+    /// A connection without a call for this long is closed; `None` keeps it.
+    pub idle_timeout: Option<Duration>,
     /// HTTP/2 pings to idle connections, and how long to wait for the answer
     /// before closing the connection.
     pub http2_keepalive_interval: Option<Duration>,
@@ -97,6 +106,9 @@ impl Default for Config {
             max_in_flight_bytes: 64 << 20,
             message_read_timeout: Duration::from_secs(30),
             max_streams_per_connection: 256,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(600)),
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Some(Duration::from_secs(60)),
@@ -384,6 +396,11 @@ pub async fn run(
         config.max_message_bytes,
         config.message_read_timeout,
     );
+    let connections = conn::Limits::new(
+        config.max_connections,
+        config.handshake_timeout,
+        config.idle_timeout,
+    );
     let token = CancellationToken::new();
     let handshakes = tls::Handshakes::new(config.max_tls_handshakes);
     let mut servers = tokio::task::JoinSet::new();
@@ -402,6 +419,7 @@ pub async fn run(
             // Unix sockets accept the socket path as :authority, TCP does not.
             .layer(authority::layer(unix_socket))
             .layer(inflight::Layer(in_flight_bytes.clone()))
+            .layer(conn::CallsLayer)
             .add_service(metering.clone())
             .add_service(ledger_service.clone())
             .add_service(health_service.clone())
@@ -410,18 +428,21 @@ pub async fn run(
         let stop = token.clone().cancelled_owned();
         match (listener, &config.tls) {
             (Listener::Tcp(l), Some(tls)) => {
-                let incoming = tls.clone().incoming(l, handshakes.clone());
+                let incoming = tls
+                    .clone()
+                    .incoming(l, handshakes.clone(), connections.clone());
                 servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
             (Listener::Tcp(l), None) => {
                 let name = l
                     .local_addr()
                     .map_or_else(|_| "tcp".into(), |a| a.to_string());
-                let incoming = accept::incoming(l, name);
+                let incoming = accept::incoming(l, name, connections.clone());
                 servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }
             (Listener::Unix(l, path), _) => {
-                let incoming = accept::incoming(l, format!("unix:{}", path.display()));
+                let incoming =
+                    accept::incoming(l, format!("unix:{}", path.display()), connections.clone());
                 sockets.push(path);
                 servers.spawn(router.serve_with_incoming_shutdown(incoming, stop));
             }

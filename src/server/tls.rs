@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -20,9 +19,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// A handshake that takes longer than this is dropped, so that idle or
-/// malicious peers cannot hold accept slots.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::conn::{Conn, Limits};
+
 /// Finished handshakes waiting for the HTTP/2 server to pick them up.
 const ACCEPTED_QUEUE: usize = 64;
 
@@ -75,7 +73,8 @@ impl Tls {
         self: Arc<Self>,
         listener: TcpListener,
         handshakes: Arc<Handshakes>,
-    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        limits: Arc<Limits>,
+    ) -> ReceiverStream<io::Result<Conn<TlsStream<TcpStream>>>> {
         let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
         tokio::spawn(async move {
             let name = listener
@@ -97,19 +96,25 @@ impl Tls {
                     }
                     () = tx.closed() => return,
                 };
+                // At the cap the connection is closed (dropped) at once.
+                let Some(slot) = limits.admit() else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let limits = limits.clone();
                 let acceptor = self.acceptor();
                 let tx = tx.clone();
                 let slots = handshakes.clone();
                 handshakes.start(move |id| async move {
                     let shaken =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        tokio::time::timeout(limits.handshake_timeout(), acceptor.accept(stream))
+                            .await;
                     // Finished: no longer a handshake in progress, whatever
                     // the HTTP/2 server then makes of the connection.
                     slots.done(id);
                     match shaken {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            let _ = tx.send(Ok(Conn::new(tls, slot, &limits))).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -124,7 +129,7 @@ impl Tls {
 /// Handshakes in progress on every TLS listener, oldest first, at most
 /// `max`. Each holds a socket and rustls state, so without a cap peers that
 /// connect and never finish (slow or malicious) could exhaust memory and
-/// file descriptors for the [`HANDSHAKE_TIMEOUT`] each. At the cap, the
+/// file descriptors for the `--handshake-timeout` each. At the cap, the
 /// oldest handshake is dropped rather than the new connection refused: a
 /// client that completes its handshake in milliseconds still gets through
 /// a flood of stalled ones, and the flood cannot hold more than `max`.

@@ -185,3 +185,277 @@ async fn writers_that_never_finish_their_messages_are_held_back_and_refused() {
     let r = stream.message().await.expect("answer").expect("one");
     assert_eq!(r.env_responses["model-a"].acks, vec!["after"]);
 }
+
+/// Waits until a connection the server closes is closed: reads to the end
+/// (the server's SETTINGS may come first); a reset counts as closed too.
+async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt as _;
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(within, tcp.read_to_end(&mut sink))
+        .await
+        .expect("the server closes the connection");
+    started.elapsed()
+}
+
+async fn gauge(metrics: &str, name: &str) -> f64 {
+    crate::ops::scrape(metrics)
+        .await
+        .get(name)
+        .copied()
+        .unwrap_or(-1.0)
+}
+
+/// Waits (with a deadline) until the server has `n` connections open.
+async fn until_open(metrics: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = gauge(metrics, "meterd_connections_open").await;
+        if open == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections open, want {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connections that never send the HTTP/2 preface, or only part of it, are
+/// closed after `--handshake-timeout`; a connection that speaks HTTP/2 is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_send_the_preface_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let meterd = Binary::start(
+        dir.path(),
+        &[
+            "--handshake-timeout",
+            "1s",
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+    )
+    .await;
+    // Connected first: older than the timeout by the time it is used.
+    let mut client = meterd.client().await;
+    let silent = TcpStream::connect(meterd.addr).await.unwrap();
+    let mut partial = TcpStream::connect(meterd.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (a, b) = tokio::join!(
+        closed_by_server(silent, Duration::from_secs(20)),
+        closed_by_server(partial, Duration::from_secs(20)),
+    );
+    // Closed by the timeout, not at once.
+    assert!(
+        a >= Duration::from_millis(500) && b >= Duration::from_millis(500),
+        "{a:?} {b:?}"
+    );
+    let m = crate::ops::scrape(&metrics_addr).await;
+    assert_eq!(
+        m.get("meterd_connections_handshake_timed_out_total"),
+        Some(&2.0),
+        "{m:?}"
+    );
+    // A real client on a connection older than the timeout is served.
+    client
+        .emit(crate::common::emit_req(crate::common::vm_entry(
+            "vm-1", "h-1",
+        )))
+        .await
+        .expect("served");
+}
+
+/// Beyond `--max-connections` a new connection is closed at once (counted,
+/// logged once); the open ones are served, and once one closes a new
+/// client gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let meterd = Binary::start(
+        dir.path(),
+        &["--max-connections", "2", "--metrics-listen", &metrics_addr],
+    )
+    .await;
+    // The readiness probe's connection is gone first.
+    until_open(&metrics_addr, 0.0).await;
+    let mut first = meterd.client().await;
+    let mut second = meterd.client().await;
+    until_open(&metrics_addr, 2.0).await;
+    for _ in 0..3 {
+        let extra = TcpStream::connect(meterd.addr).await.unwrap();
+        closed_by_server(extra, Duration::from_secs(10)).await;
+    }
+    let m = crate::ops::scrape(&metrics_addr).await;
+    assert_eq!(
+        m.get("meterd_connections_refused_total"),
+        Some(&3.0),
+        "{m:?}"
+    );
+    let log = meterd.log_text();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("--max-connections"))
+            .count(),
+        1,
+        "logged once:\n{log}"
+    );
+    for (c, id) in [(&mut first, "c-1"), (&mut second, "c-2")] {
+        c.emit(crate::common::emit_req(crate::common::vm_entry("vm", id)))
+            .await
+            .expect("open connections are served");
+    }
+    drop(first);
+    until_open(&metrics_addr, 1.0).await;
+    let mut third = meterd.client().await;
+    third
+        .emit(crate::common::emit_req(crate::common::vm_entry(
+            "vm", "c-3",
+        )))
+        .await
+        .expect("a new client gets in");
+}
+
+/// A connection without a call is closed after `--idle-timeout`; a Tail
+/// follower's connection is not, however long it waits for records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_followers_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let meterd = Binary::start(
+        dir.path(),
+        &["--idle-timeout", "1s", "--metrics-listen", &metrics_addr],
+    )
+    .await;
+    let mut reader = meterd.reader().await;
+    let mut follow = reader
+        .tail(meterd::pb::TailRequest {
+            follow: true,
+            ..crate::common::tail_entries(0)
+        })
+        .await
+        .expect("tail")
+        .into_inner();
+    let caught_up = follow.message().await.expect("tail").expect("caught up");
+    assert!(caught_up.caught_up);
+
+    // An HTTP/2 connection that never makes a call.
+    let tcp = TcpStream::connect(meterd.addr).await.unwrap();
+    let (_client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::time::timeout(Duration::from_secs(20), connection)
+        .await
+        .expect("the idle connection is closed by the server")
+        .ok();
+    let m = crate::ops::scrape(&metrics_addr).await;
+    assert!(
+        m.get("meterd_connections_idle_closed_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{m:?}"
+    );
+
+    // The follower, idle for as long, still gets what is written now.
+    let mut client = meterd.client().await;
+    client
+        .emit(crate::common::emit_req(crate::common::vm_entry(
+            "vm-f", "f-1",
+        )))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), follow.message())
+        .await
+        .expect("the follower gets the record")
+        .expect("tail stream open")
+        .expect("a response");
+    assert_eq!(r.records.len(), 1);
+}
+
+/// Waits until the server's resident memory has not grown for a second
+/// (what it buffers for clients that stopped reading is in place), and
+/// returns it in KiB; fails at once when it passes `limit_kib`.
+async fn settled_rss(meterd: &Binary, limit_kib: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut peak = meterd.rss_kib();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rss = meterd.rss_kib();
+        assert!(rss <= limit_kib, "resident {rss} KiB, over {limit_kib} KiB");
+        if rss > peak {
+            peak = rss;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            return peak;
+        }
+        assert!(Instant::now() < deadline, "memory never settled: {rss} KiB");
+    }
+}
+
+/// Tail followers far behind that stop reading: meterd reads nothing ahead
+/// for them, so each costs about one response in HTTP/2's send buffer,
+/// whatever is left to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_followers_that_stop_reading_cost_a_fixed_amount() {
+    const FOLLOWERS: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let meterd = Binary::start(dir.path(), &["--fsync", "never"]).await;
+    let mut client = meterd.client().await;
+    for call in 0..100 {
+        let entries = (0..1000)
+            .map(|i| {
+                let mut e =
+                    crate::common::vm_entry(&format!("vm-{call}-{i}"), &format!("t-{call}-{i}"));
+                e.hypervisor = "cloud-hypervisor-with-a-long-name".repeat(3);
+                e
+            })
+            .collect();
+        let r = client
+            .emit_batch(meterd::pb::EmitBatchRequest::new(entries))
+            .await
+            .expect("emit batch")
+            .into_inner();
+        assert!(r.results.iter().all(|r| r.rejected.is_empty()));
+    }
+    let ledger_bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(ledger_bytes > 20 << 20, "ledger of {ledger_bytes} bytes");
+    let before = meterd.rss_kib();
+
+    let mut followers = Vec::new();
+    for _ in 0..FOLLOWERS {
+        // Each on its own connection: flow control per connection.
+        let mut reader = meterd.reader().await;
+        let mut stream = reader
+            .tail(meterd::pb::TailRequest {
+                follow: true,
+                ..crate::common::tail_entries(0)
+            })
+            .await
+            .expect("tail")
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .expect("tail")
+            .expect("first response");
+        assert!(!first.records.is_empty());
+        followers.push((reader, stream)); // and never read again
+    }
+    let per_follower_limit_kib = 3 * 1024;
+    let settled = settled_rss(&meterd, before + FOLLOWERS * per_follower_limit_kib).await;
+    eprintln!(
+        "{FOLLOWERS} stalled followers over a {} MiB ledger: {} KiB more resident, {} KiB each",
+        ledger_bytes >> 20,
+        settled.saturating_sub(before),
+        settled.saturating_sub(before) / FOLLOWERS
+    );
+    drop(followers);
+}

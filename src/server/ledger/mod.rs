@@ -1,7 +1,7 @@
 //! `metering.v1.LedgerService`: `Tail` and `Usage` over the ledger that the
 //! jsonl sink writes. Reads run on blocking threads (file I/O, decoding, the
-//! usage engine never run on async workers) and hand their responses over
-//! bounded channels, so a slow client holds a fixed amount of memory and
+//! usage engine never run on async workers), and only as fast as the client
+//! takes the responses, so a slow client holds a fixed amount of memory and
 //! never slows the writers, which do not know readers exist.
 
 use std::sync::Arc;

@@ -1,11 +1,14 @@
-//! `Tail`: a task reads the stream in chunks on a blocking thread, sends
-//! them through a bounded channel, and once caught up waits for the writer
-//! to say that more records are durable (`Log::subscribe`), not polling.
+//! `Tail`: a lazy stream. The next chunk is read (on a blocking thread)
+//! only when tonic asks for the next response, which it does only when
+//! HTTP/2 has room to send it; once caught up the stream waits for the
+//! writer to say that more records are durable (`Log::subscribe`), not
+//! polling. So a follower that stops reading costs one response in
+//! HTTP/2's send buffer and nothing read ahead, however far behind it is;
+//! the log's writer never waits for readers.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -16,13 +19,9 @@ use crate::pb::{TailRequest, TailResponse};
 use crate::read::tail::{chunk, Request, Stream};
 use crate::record::Record;
 
-/// Responses read ahead of a client. Each is at most about 1.3 MiB (see
-/// `read::tail::MAX_BYTES`), so a client that stops reading holds a few MiB
-/// and then its reader waits; the log's writer never waits for readers.
-const RESPONSE_BUFFER: usize = 4;
-
 /// The response stream handed to tonic.
-pub type ResponseStream = ReceiverStream<Result<TailResponse, Status>>;
+pub type ResponseStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<TailResponse, Status>> + Send>>;
 
 fn log_of(ledger: &Ledger, stream: Stream) -> &Log<Record> {
     match stream {
@@ -32,7 +31,7 @@ fn log_of(ledger: &Ledger, stream: Stream) -> &Log<Record> {
 }
 
 /// Checks the request, places the reader (answering OUT_OF_RANGE or
-/// INVALID_ARGUMENT at once), then streams from a task.
+/// INVALID_ARGUMENT at once), then streams.
 pub(super) fn tail(
     ledger: Arc<Ledger>,
     req: TailRequest,
@@ -43,94 +42,131 @@ pub(super) fn tail(
     let log = log_of(&ledger, req.stream);
     let reader = log.reader(req.after).map_err(status::tail_seek)?;
     let changes = log.subscribe();
-    let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-    tokio::spawn(async move {
-        let code = follow(ledger, req, reader, changes, &tx, stop).await;
-        count_rpc("Tail", code);
-        drop(admission);
-    });
-    Ok(ReceiverStream::new(rx))
+    let follower = Follower {
+        ledger,
+        req: Arc::new(req),
+        reader: Some(reader),
+        changes,
+        stop,
+        last_sent: None,
+        ending: None,
+        call: Call {
+            code: tonic::Code::Cancelled,
+            _admission: admission,
+        },
+    };
+    Ok(Box::pin(futures_util::stream::unfold(
+        follower,
+        |mut f| async move { f.next().await.map(|item| (item, f)) },
+    )))
 }
 
-/// Sends chunks until the end (or forever, following); returns the code
-/// the call ended with.
-async fn follow(
+/// Counts the call when it ends, however it ends: dropped by tonic before
+/// its end means the client left.
+struct Call {
+    code: tonic::Code,
+    _admission: Admission,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        count_rpc("Tail", self.code);
+    }
+}
+
+/// One Tail call between responses.
+struct Follower {
     ledger: Arc<Ledger>,
-    req: Request,
-    reader: LogReader,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    tx: &mpsc::Sender<Result<TailResponse, Status>>,
+    req: Arc<Request>,
+    reader: Option<LogReader>,
+    changes: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
-) -> tonic::Code {
-    let req = Arc::new(req);
-    let mut reader = Some(reader);
-    // (position, caught_up) of the last response, so that a wake-up that
-    // brings nothing new sends nothing.
-    let mut last_sent: Option<(u64, bool)> = None;
-    loop {
-        // Seen before reading: a commit during the read wakes the wait below.
-        changes.borrow_and_update();
-        let Some(mut r) = reader.take() else {
-            return tonic::Code::Internal;
+    /// (position, caught_up) of the last response, so that a wake-up that
+    /// brings nothing new sends nothing.
+    last_sent: Option<(u64, bool)>,
+    /// What the call ends with after the response just sent: `None` goes
+    /// on, `Some(None)` ends cleanly, `Some(Some(status))` with an error.
+    ending: Option<Option<Status>>,
+    call: Call,
+}
+
+impl Follower {
+    /// The next response, or the end of the call.
+    async fn next(&mut self) -> Option<Result<TailResponse, Status>> {
+        if let Some(ending) = self.ending.take() {
+            // Ended: nothing after this.
+            self.ending = Some(None);
+            return ending.map(|s| {
+                self.call.code = s.code();
+                Err(s)
+            });
+        }
+        loop {
+            // Seen before reading: a commit during the read wakes the wait below.
+            self.changes.borrow_and_update();
+            let chunk = match self.read().await {
+                Ok(chunk) => chunk,
+                Err(s) => return Some(Err(self.end(s))),
+            };
+            let resp = chunk.response;
+            let caught_up = resp.caught_up;
+            let key = (resp.position, caught_up);
+            let fresh = !resp.records.is_empty() || self.last_sent != Some(key);
+            if let Some(damage) = chunk.damage {
+                let s = status::tail_read(damage);
+                if !fresh {
+                    return Some(Err(self.end(s)));
+                }
+                self.ending = Some(Some(s));
+            } else if caught_up && !self.req.follow {
+                self.call.code = tonic::Code::Ok;
+                self.ending = Some(None);
+            }
+            if fresh {
+                self.last_sent = Some(key);
+                return Some(Ok(resp));
+            }
+            if self.ending.is_some() {
+                return None;
+            }
+            if !caught_up {
+                continue;
+            }
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        self.call.code = tonic::Code::Ok;
+                        return None;
+                    }
+                }
+                () = self.stop.cancelled() => {
+                    let position = self.last_sent.map_or(self.req.after, |(p, _)| p);
+                    return Some(Err(self.end(status::shutting_down(position))));
+                }
+            }
+        }
+    }
+
+    /// Ends the call with `s`.
+    fn end(&mut self, s: Status) -> Status {
+        self.call.code = s.code();
+        self.ending = Some(None);
+        s
+    }
+
+    /// Reads the next chunk on a blocking thread.
+    async fn read(&mut self) -> Result<crate::read::tail::Chunk, Status> {
+        let Some(mut r) = self.reader.take() else {
+            return Err(Status::internal("tail reader lost"));
         };
-        let (l, q) = (ledger.clone(), req.clone());
-        let read = tokio::task::spawn_blocking(move || {
+        let (l, q) = (self.ledger.clone(), self.req.clone());
+        let (r, got) = tokio::task::spawn_blocking(move || {
             let got = chunk(log_of(&l, q.stream), &mut r, &q);
             (r, got)
         })
-        .await;
-        let (r, got) = match read {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = tx
-                    .send(Err(Status::internal(format!("tail reader failed: {e}"))))
-                    .await;
-                return tonic::Code::Internal;
-            }
-        };
-        reader = Some(r);
-        let chunk = match got {
-            Ok(c) => c,
-            Err(e) => {
-                let s = status::tail_read(e);
-                let code = s.code();
-                let _ = tx.send(Err(s)).await;
-                return code;
-            }
-        };
-        let resp = chunk.response;
-        let caught_up = resp.caught_up;
-        let key = (resp.position, caught_up);
-        if !resp.records.is_empty() || last_sent != Some(key) {
-            last_sent = Some(key);
-            if tx.send(Ok(resp)).await.is_err() {
-                return tonic::Code::Cancelled;
-            }
-        }
-        if let Some(damage) = chunk.damage {
-            let s = status::tail_read(damage);
-            let code = s.code();
-            let _ = tx.send(Err(s)).await;
-            return code;
-        }
-        if !caught_up {
-            continue;
-        }
-        if !req.follow {
-            return tonic::Code::Ok;
-        }
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return tonic::Code::Ok;
-                }
-            }
-            () = tx.closed() => return tonic::Code::Cancelled,
-            () = stop.cancelled() => {
-                let position = last_sent.map_or(req.after, |(p, _)| p);
-                let _ = tx.send(Err(status::shutting_down(position))).await;
-                return tonic::Code::Unavailable;
-            }
-        }
+        .await
+        .map_err(|e| Status::internal(format!("tail reader failed: {e}")))?;
+        self.reader = Some(r);
+        got.map_err(status::tail_read)
     }
 }
