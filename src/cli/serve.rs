@@ -163,6 +163,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
                 })?,
             message_read_timeout: args.message_read_timeout,
             max_streams_per_connection: args.max_streams_per_connection,
+            max_usage_calls: args.max_usage_calls as usize,
             max_connections: args.max_connections as usize,
             handshake_timeout: nonzero(args.handshake_timeout)
                 .ok_or("--handshake-timeout: must be more than 0s")?,

@@ -15,7 +15,7 @@ use crate::log::Snapshot;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 use crate::pb::{self, UsageRequest};
 use crate::read::build::Checkpoints;
-use crate::read::usage::answer;
+use crate::read::usage::{answer, responses};
 use crate::server::ListenAddr;
 use crate::usage::Query;
 
@@ -206,10 +206,10 @@ fn local(dir: &std::path::Path, request: &UsageRequest) -> Result<Rows, String> 
         .map_err(|e| e.to_string())?;
     let got = answer(&snap, &plan, &query, upto).map_err(|e| e.to_string())?;
     let mut rows = Rows::default();
-    for id in got.report {
-        let pb = id.to_pb();
+    responses(got.report, usize::MAX, |pb| {
         rows.rows.extend(pb.rows);
         rows.anomalies.extend(pb.anomalies);
-    }
+        true
+    });
     Ok(rows)
 }

@@ -219,3 +219,35 @@ fn inconsistent(e: SeedError) -> ReadError {
         "usage checkpoint does not fit the query: {e}"
     )))
 }
+
+/// Sends the answer as protobuf responses of at most `items` rows and
+/// anomalies each, cutting rows only as responses are sent: memory for one
+/// response, whatever the range and granularity. `send` returns false when
+/// nobody takes responses any more; then so does this. Blocking when
+/// `send` is.
+pub fn responses(
+    mut report: Report,
+    items: usize,
+    mut send: impl FnMut(crate::pb::UsageResponse) -> bool,
+) -> bool {
+    use crate::usage::{anomaly_to_pb_row, row_to_pb};
+    let mut chunk = crate::pb::UsageResponse::default();
+    let full = |c: &crate::pb::UsageResponse| c.rows.len() + c.anomalies.len() >= items;
+    while let Some(id) = report.next_id() {
+        for row in id.rows {
+            chunk.rows.push(row_to_pb(id.family, &id.id, &row));
+            if full(&chunk) && !send(std::mem::take(&mut chunk)) {
+                return false;
+            }
+        }
+        for a in &id.anomalies {
+            chunk
+                .anomalies
+                .push(anomaly_to_pb_row(id.family, &id.id, a));
+            if full(&chunk) && !send(std::mem::take(&mut chunk)) {
+                return false;
+            }
+        }
+    }
+    chunk.rows.is_empty() && chunk.anomalies.is_empty() || send(chunk)
+}

@@ -64,6 +64,9 @@ pub struct Config {
     pub message_read_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// Usage calls computing at once; beyond it a call waits up to 2 s,
+    /// then gets RESOURCE_EXHAUSTED.
+    pub max_usage_calls: usize,
     /// Client connections open at once over every listener; beyond it a
     /// new one is closed at once (see `conn.rs`).
     pub max_connections: usize,
@@ -106,6 +109,7 @@ impl Default for Config {
             max_in_flight_bytes: 64 << 20,
             message_read_timeout: Duration::from_secs(30),
             max_streams_per_connection: 256,
+            max_usage_calls: 4,
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(600)),
@@ -365,7 +369,12 @@ pub async fn run(
     let others = config.auth_all_services.then_some(Role::Any);
     // Cancelled when shutdown begins: following Tail calls end then.
     let readers_stop = CancellationToken::new();
-    let reader = ledger::Reader::new(shared.clone(), kept, readers_stop.clone());
+    let reader = ledger::Reader::new(
+        shared.clone(),
+        kept,
+        config.max_usage_calls,
+        readers_stop.clone(),
+    );
     let metering: Intercepted<_> = InterceptedService::new(
         MeteringServiceServer::new(Metering { shared })
             .max_decoding_message_size(config.max_message_bytes),

@@ -109,6 +109,14 @@ pub(crate) fn shutting_down(position: u64) -> Status {
 }
 
 /// A `Usage` query that failed while reading.
+/// `--max-usage-calls` Usage calls were running and none ended within the wait.
+pub(crate) fn usage_busy(max: usize, waited: Duration) -> Status {
+    Status::resource_exhausted(format!(
+        "usage calls busy: {max} running (--max-usage-calls) and none ended within {}; retry with backoff",
+        humantime::format_duration(waited)
+    ))
+}
+
 pub(crate) fn usage_read(e: ReadError) -> Status {
     match e {
         ReadError::Pruned { .. } => Status::aborted(format!(

@@ -45,7 +45,7 @@ pub use bucket::{time_zone, MAX_BUCKETS};
 pub use decimal::Decimal;
 pub use pairing::{AnomalyType, Checkpoint, Fold, OpenState, SeedError};
 pub use query::{timestamp, Granularity, Query};
-pub use report::{Anomaly, IdUsage, Report, Row};
+pub use report::{anomaly_to_pb_row, row_to_pb, Anomaly, IdRows, IdUsage, Report, Row, RowIter};
 
 pub use events::EntryRef;
 use events::{classify, Billed, Event, Groups, Interner};

@@ -5,7 +5,7 @@ use super::decimal::Decimal;
 use super::events::{Event, Grouped, Interner, Key};
 use super::pairing::{pair, AnomalyType, Open};
 use super::query::timestamp;
-use super::rows::{Acc, Rows};
+use super::rows::{Acc, Cutter};
 use super::{Family, UnixNanos};
 use crate::pb;
 
@@ -49,7 +49,8 @@ pub struct IdUsage {
 }
 
 /// The answer, as an iterator in family, id order. Each (family, id) is
-/// paired and bucketed when reached.
+/// paired when reached; [`Report::next_id`] gives its rows as they are cut,
+/// the `Iterator` all of them at once.
 #[derive(Debug)]
 pub struct Report {
     keys: std::vec::IntoIter<Key>,
@@ -59,8 +60,44 @@ pub struct Report {
     horizon: UnixNanos,
     /// `[start, end)`: anomalies are reported only for records in it.
     range: (UnixNanos, UnixNanos),
-    /// The rows of the id being computed, reused from one id to the next.
-    scratch: Vec<Acc>,
+}
+
+/// One (family, id) of the answer whose rows are cut as they are taken:
+/// memory for one row at a time, whatever the range and granularity.
+pub struct IdRows<'a> {
+    pub family: Family,
+    pub id: Box<str>,
+    /// In pairing order.
+    pub anomalies: Vec<Anomaly>,
+    /// In bucket order.
+    pub rows: RowIter<'a>,
+}
+
+/// The rows of an [`IdRows`].
+pub struct RowIter<'a> {
+    cutter: Cutter<'a>,
+    bounds: &'a [UnixNanos],
+    hypervisors: &'a Interner,
+}
+
+impl Iterator for RowIter<'_> {
+    type Item = Row;
+
+    fn next(&mut self) -> Option<Row> {
+        let a: Acc = self.cutter.next()?;
+        Some(Row {
+            bucket_start: self.bounds[a.bucket],
+            bucket_end: self.bounds[a.bucket + 1],
+            hypervisor: self.hypervisors.name(a.hypervisor).to_owned(),
+            // At most the range's length, which Usage::new bounds by i64::MAX.
+            running_nanos: i64::try_from(a.nanos).unwrap_or(i64::MAX),
+            vcpu_seconds: a.vcpu,
+            mem_byte_seconds: a.mem,
+            storage_byte_seconds: a.storage,
+            intervals: a.intervals,
+            open: a.open,
+        })
+    }
 }
 
 // === impl Report ===
@@ -81,21 +118,22 @@ impl Report {
             bounds,
             horizon,
             range,
-            scratch: Vec::new(),
         }
     }
 
-    fn compute(&mut self, family: Family, id: Box<str>, i: usize) -> IdUsage {
+    /// The next (family, id), paired; its rows are cut as they are taken.
+    /// An id may have neither rows nor anomalies.
+    pub fn next_id(&mut self) -> Option<IdRows<'_>> {
+        let (family, id, i) = self.keys.next()?;
         let (seed, events) = self.grouped.take(i);
         events.sort_unstable_by_key(Event::order);
         let (start, end) = self.range;
-        let buf = std::mem::take(&mut self.scratch);
-        let mut rows = Rows::new(family, &self.bounds, self.horizon, buf);
+        let mut intervals = Vec::new();
         let mut anomalies = Vec::new();
         pair(
             seed,
             events,
-            |iv| rows.add(iv),
+            |iv| intervals.push(iv),
             |kind, e: &Event| {
                 if (start..end).contains(&e.at()) {
                     anomalies.push(Anomaly {
@@ -106,29 +144,16 @@ impl Report {
                 }
             },
         );
-        let accs = rows.finish();
-        let rows = accs
-            .iter()
-            .map(|a| Row {
-                bucket_start: self.bounds[a.bucket],
-                bucket_end: self.bounds[a.bucket + 1],
-                hypervisor: self.hypervisors.name(a.hypervisor).to_owned(),
-                // At most the range's length, which Usage::new bounds by i64::MAX.
-                running_nanos: i64::try_from(a.nanos).unwrap_or(i64::MAX),
-                vcpu_seconds: a.vcpu,
-                mem_byte_seconds: a.mem,
-                storage_byte_seconds: a.storage,
-                intervals: a.intervals,
-                open: a.open,
-            })
-            .collect();
-        self.scratch = accs;
-        IdUsage {
+        Some(IdRows {
             family,
-            id: id.into_string(),
-            rows,
+            id,
             anomalies,
-        }
+            rows: RowIter {
+                cutter: Cutter::new(family, &self.bounds, self.horizon, intervals),
+                bounds: &self.bounds,
+                hypervisors: &self.hypervisors,
+            },
+        })
     }
 }
 
@@ -137,12 +162,45 @@ impl Iterator for Report {
 
     fn next(&mut self) -> Option<IdUsage> {
         loop {
-            let (family, id, i) = self.keys.next()?;
-            let usage = self.compute(family, id, i);
+            let id = self.next_id()?;
+            let usage = IdUsage {
+                family: id.family,
+                id: id.id.into_string(),
+                rows: id.rows.collect(),
+                anomalies: id.anomalies,
+            };
             if !usage.rows.is_empty() || !usage.anomalies.is_empty() {
                 return Some(usage);
             }
         }
+    }
+}
+
+/// One row in its protobuf form.
+pub fn row_to_pb(family: Family, id: &str, r: &Row) -> pb::UsageRow {
+    pb::UsageRow {
+        family: family_to_pb(family) as i32,
+        id: id.to_owned(),
+        hypervisor: r.hypervisor.clone(),
+        bucket_start: Some(timestamp(r.bucket_start)),
+        bucket_end: Some(timestamp(r.bucket_end)),
+        running_nanos: r.running_nanos,
+        vcpu_seconds: r.vcpu_seconds.text(),
+        mem_byte_seconds: r.mem_byte_seconds.text(),
+        storage_byte_seconds: r.storage_byte_seconds.text(),
+        intervals: r.intervals,
+        open: r.open,
+    }
+}
+
+/// One anomaly in its protobuf form.
+pub fn anomaly_to_pb_row(family: Family, id: &str, a: &Anomaly) -> pb::UsageAnomaly {
+    pb::UsageAnomaly {
+        r#type: anomaly_to_pb(a.kind) as i32,
+        family: family_to_pb(family) as i32,
+        id: id.to_owned(),
+        at: Some(timestamp(a.at)),
+        position: a.position,
     }
 }
 
@@ -152,35 +210,16 @@ impl IdUsage {
     /// The protobuf rows and anomalies of this (family, id); a server sends
     /// them as they come, several ids to a `UsageResponse`.
     pub fn to_pb(&self) -> pb::UsageResponse {
-        let family = family_to_pb(self.family) as i32;
         pb::UsageResponse {
             rows: self
                 .rows
                 .iter()
-                .map(|r| pb::UsageRow {
-                    family,
-                    id: self.id.clone(),
-                    hypervisor: r.hypervisor.clone(),
-                    bucket_start: Some(timestamp(r.bucket_start)),
-                    bucket_end: Some(timestamp(r.bucket_end)),
-                    running_nanos: r.running_nanos,
-                    vcpu_seconds: r.vcpu_seconds.text(),
-                    mem_byte_seconds: r.mem_byte_seconds.text(),
-                    storage_byte_seconds: r.storage_byte_seconds.text(),
-                    intervals: r.intervals,
-                    open: r.open,
-                })
+                .map(|r| row_to_pb(self.family, &self.id, r))
                 .collect(),
             anomalies: self
                 .anomalies
                 .iter()
-                .map(|a| pb::UsageAnomaly {
-                    r#type: anomaly_to_pb(a.kind) as i32,
-                    family,
-                    id: self.id.clone(),
-                    at: Some(timestamp(a.at)),
-                    position: a.position,
-                })
+                .map(|a| anomaly_to_pb_row(self.family, &self.id, a))
                 .collect(),
         }
     }

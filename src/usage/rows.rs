@@ -29,96 +29,126 @@ pub struct Acc {
     pub hypervisor: u32,
 }
 
-/// Accumulates intervals, given in time order, into rows.
-pub struct Rows<'a> {
+/// Cuts one (family, id)'s intervals, given in time order and not
+/// overlapping (as `pairing::pair` gives them), into rows in bucket order,
+/// as they are asked for: only the bucket being filled is held, so an
+/// interval open for ten years answered by the hour costs one row at a time.
+/// Only buckets with time in them come out.
+pub struct Cutter<'a> {
     family: Family,
     /// Bucket boundaries: `bounds[0]` is the range's start, the last its end.
     bounds: &'a [UnixNanos],
     /// Nothing at or after this counts: the earliest of end, as_of and now.
     horizon: UnixNanos,
-    current: Option<Acc>,
-    done: Vec<Acc>,
+    intervals: std::vec::IntoIter<Interval>,
+    /// The interval being cut: its visible part `[lo, hi)` and the next
+    /// bucket it may reach.
+    cutting: Option<(UnixNanos, UnixNanos, Interval, usize)>,
+    /// The bucket being filled.
+    filling: Option<Acc>,
 }
 
-// === impl Rows ===
+/// One interval's part in one bucket.
+struct Piece {
+    bucket: usize,
+    nanos: u64,
+    interval: Interval,
+    /// Still running where the bucket's view ends: no stop yet, or a stop
+    /// after that point.
+    open: bool,
+}
 
-impl<'a> Rows<'a> {
-    /// Rows gathered into `buf` (emptied first): a report reuses one buffer
-    /// for all its ids.
+// === impl Cutter ===
+
+impl<'a> Cutter<'a> {
     pub fn new(
         family: Family,
         bounds: &'a [UnixNanos],
         horizon: UnixNanos,
-        mut buf: Vec<Acc>,
-    ) -> Rows<'a> {
-        buf.clear();
-        Rows {
+        intervals: Vec<Interval>,
+    ) -> Cutter<'a> {
+        Cutter {
             family,
             bounds,
             horizon,
-            current: None,
-            done: buf,
+            intervals: intervals.into_iter(),
+            cutting: None,
+            filling: None,
         }
     }
 
-    /// Adds the visible part of `iv` to every bucket it overlaps. Intervals
-    /// must come in time order and not overlap, as `pairing::pair` gives them.
-    pub fn add(&mut self, iv: Interval) {
-        let Some(&range_start) = self.bounds.first() else {
-            return;
-        };
-        let lo = iv.since.max(range_start);
-        let hi = iv.until.map_or(self.horizon, |u| u.min(self.horizon));
-        if lo >= hi {
-            return;
-        }
-        let (cpu, mem, storage) = iv.billed.rates(self.family);
-        // bounds[0] <= lo, so the partition point is at least 1.
-        let mut k = self.bounds.partition_point(|&b| b <= lo) - 1;
-        while k + 1 < self.bounds.len() && self.bounds[k] < hi {
-            // The end of what this bucket can see.
-            let seen = self.bounds[k + 1].min(self.horizon);
-            let a = lo.max(self.bounds[k]);
-            let z = hi.min(seen);
-            if a < z {
-                // At most the range's length, which Usage::new bounds by i64::MAX.
-                let n = u64::try_from(z - a).unwrap_or(u64::MAX);
-                let acc = self.bucket(k, iv.hypervisor);
-                acc.nanos += n;
-                acc.vcpu += Decimal::product(cpu, n);
-                acc.mem += Decimal::product(mem, n);
-                acc.storage += Decimal::product(storage, n);
-                acc.intervals = acc.intervals.saturating_add(1);
-                acc.hypervisor = iv.hypervisor;
-                // Still running where the bucket's view ends: no stop yet, or
-                // a stop after that point.
-                acc.open |= iv.until.is_none_or(|u| u > seen);
+    /// The next non-empty part of an interval in a bucket, in time order.
+    fn next_piece(&mut self) -> Option<Piece> {
+        loop {
+            if let Some((lo, hi, iv, k)) = &mut self.cutting {
+                if *k + 1 < self.bounds.len() && self.bounds[*k] < *hi {
+                    let bucket = *k;
+                    *k += 1;
+                    // The end of what this bucket can see.
+                    let seen = self.bounds[bucket + 1].min(self.horizon);
+                    let a = (*lo).max(self.bounds[bucket]);
+                    let z = (*hi).min(seen);
+                    if a < z {
+                        return Some(Piece {
+                            bucket,
+                            // At most the range's length, which Usage::new
+                            // bounds by i64::MAX.
+                            nanos: u64::try_from(z - a).unwrap_or(u64::MAX),
+                            interval: *iv,
+                            open: iv.until.is_none_or(|u| u > seen),
+                        });
+                    }
+                    continue;
+                }
+                self.cutting = None;
             }
-            k += 1;
+            let iv = self.intervals.next()?;
+            let &range_start = self.bounds.first()?;
+            let lo = iv.since.max(range_start);
+            let hi = iv.until.map_or(self.horizon, |u| u.min(self.horizon));
+            if lo < hi {
+                // bounds[0] <= lo, so the partition point is at least 1.
+                let k = self.bounds.partition_point(|&b| b <= lo) - 1;
+                self.cutting = Some((lo, hi, iv, k));
+            }
         }
     }
+}
 
-    /// The accumulator of bucket `k`, flushing the previous one.
-    fn bucket(&mut self, k: usize, hypervisor: u32) -> &mut Acc {
-        if self.current.is_some_and(|c| c.bucket != k) {
-            self.done.extend(self.current.take());
+impl Iterator for Cutter<'_> {
+    type Item = Acc;
+
+    fn next(&mut self) -> Option<Acc> {
+        loop {
+            let Some(piece) = self.next_piece() else {
+                return self.filling.take();
+            };
+            let done = match &self.filling {
+                Some(f) if f.bucket != piece.bucket => self.filling.take(),
+                _ => None,
+            };
+            let (cpu, mem, storage) = piece.interval.billed.rates(self.family);
+            let n = piece.nanos;
+            let acc = self.filling.get_or_insert(Acc {
+                bucket: piece.bucket,
+                nanos: 0,
+                vcpu: Decimal::ZERO,
+                mem: Decimal::ZERO,
+                storage: Decimal::ZERO,
+                intervals: 0,
+                open: false,
+                hypervisor: piece.interval.hypervisor,
+            });
+            acc.nanos += n;
+            acc.vcpu += Decimal::product(cpu, n);
+            acc.mem += Decimal::product(mem, n);
+            acc.storage += Decimal::product(storage, n);
+            acc.intervals = acc.intervals.saturating_add(1);
+            acc.hypervisor = piece.interval.hypervisor;
+            acc.open |= piece.open;
+            if done.is_some() {
+                return done;
+            }
         }
-        self.current.get_or_insert(Acc {
-            bucket: k,
-            nanos: 0,
-            vcpu: Decimal::ZERO,
-            mem: Decimal::ZERO,
-            storage: Decimal::ZERO,
-            intervals: 0,
-            open: false,
-            hypervisor,
-        })
-    }
-
-    /// The rows, in bucket order: only buckets with time in them, or open.
-    pub fn finish(mut self) -> Vec<Acc> {
-        self.done.extend(self.current.take());
-        self.done.retain(|a| a.nanos > 0 || a.open);
-        self.done
     }
 }

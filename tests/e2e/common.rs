@@ -266,6 +266,10 @@ impl Binary {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident memory of the process, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())

@@ -459,3 +459,129 @@ async fn tail_followers_that_stop_reading_cost_a_fixed_amount() {
     );
     drop(followers);
 }
+
+/// VMs started ten years before `end` and never stopped, and the Usage
+/// request by the hour over those ten years (87,672 rows per VM).
+async fn ten_years_by_the_hour(meterd: &Binary, vms: usize) -> meterd::pb::UsageRequest {
+    use meterd::pb::{Granularity, Kind};
+    let mut client = meterd.client().await;
+    for i in 0..vms {
+        let mut e = crate::common::entry_at(
+            Kind::VmComputeStart,
+            &format!("vm-decade-{i}"),
+            "2016-01-01T00:00:00Z",
+            (2, 1 << 30, 0),
+        );
+        e.id = format!("decade-{i}");
+        client.emit(crate::common::emit_req(e)).await.expect("emit");
+    }
+    meterd::pb::UsageRequest {
+        start_time: Some(crate::common::ts("2016-01-01T00:00:00Z")),
+        end_time: Some(crate::common::ts("2026-01-01T00:00:00Z")),
+        granularity: Granularity::Hour as i32,
+        ..Default::default()
+    }
+}
+
+/// A Usage by the hour over ten years: rows are cut as they are sent, so
+/// the call's memory does not grow with the range or the granularity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_over_ten_years_by_the_hour_streams_in_bounded_memory() {
+    const VMS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let meterd = Binary::start(dir.path(), &[]).await;
+    let req = ten_years_by_the_hour(&meterd, VMS).await;
+    let before = meterd.rss_kib();
+    let pid = meterd.pid();
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(crate::common::rss_kib(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut reader = meterd.reader().await;
+    let mut stream = reader.usage(req).await.expect("usage").into_inner();
+    let (mut rows, mut responses) = (0usize, 0usize);
+    while let Some(r) = stream.message().await.expect("usage message") {
+        rows += r.rows.len();
+        responses += 1;
+    }
+    sampling.abort();
+    assert_eq!(rows, VMS * 87_672, "every hour of ten years, per VM");
+    let grew = peak.load(Ordering::SeqCst).saturating_sub(before);
+    eprintln!("{rows} rows in {responses} responses; resident memory grew by {grew} KiB at most");
+    assert!(grew < 16 * 1024, "grew by {grew} KiB");
+}
+
+/// Beyond `--max-usage-calls` a Usage call waits, then gets
+/// RESOURCE_EXHAUSTED naming the flag; once the running one ends, the next
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_calls_beyond_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let meterd = Binary::start(dir.path(), &["--max-usage-calls", "1"]).await;
+    let req = ten_years_by_the_hour(&meterd, 1).await;
+    // Running, and held: its client reads one response and stops.
+    let mut slow = meterd.reader().await;
+    let mut running = slow.usage(req.clone()).await.expect("usage").into_inner();
+    running.message().await.expect("first").expect("a response");
+
+    let mut other = meterd.reader().await;
+    let refused = async {
+        let mut s = other.usage(req.clone()).await?.into_inner();
+        while s.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
+    }
+    .await
+    .expect_err("over the cap");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("--max-usage-calls"),
+        "{}",
+        refused.message()
+    );
+
+    drop(running);
+    drop(slow);
+    // The slot comes free once the running call has noticed its client left.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut reader = meterd.reader().await;
+        let got = async {
+            let mut s = reader.usage(req.clone()).await?.into_inner();
+            let mut rows = 0;
+            while let Some(r) = s.message().await? {
+                rows += r.rows.len();
+            }
+            Ok::<_, tonic::Status>(rows)
+        }
+        .await;
+        match got {
+            Ok(rows) => {
+                assert_eq!(rows, 87_672);
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(Instant::now() < deadline, "the slot never came free");
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let log = meterd.log_text();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("usage calls busy"))
+            .map(|l| l.contains("accepting calls again"))
+            .collect::<Vec<_>>(),
+        vec![false, true],
+        "logged once when refusing starts, once when it ends:\n{log}"
+    );
+}

@@ -5,6 +5,9 @@
 //! never slows the writers, which do not know readers exist.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -26,6 +29,9 @@ pub struct Reader {
     shared: Arc<Shared>,
     ledger: Option<Arc<Ledger>>,
     checkpoints: Arc<Checkpoints>,
+    /// `--max-usage-calls`: Usage calls computing at once.
+    usage_slots: Arc<tokio::sync::Semaphore>,
+    max_usage_calls: usize,
     /// Cancelled at shutdown: following `Tail` calls end instead of holding
     /// the server open until the grace period runs out.
     stop: CancellationToken,
@@ -35,6 +41,7 @@ impl Reader {
     pub(crate) fn new(
         shared: Arc<Shared>,
         ledger: Option<Arc<Ledger>>,
+        max_usage_calls: usize,
         stop: CancellationToken,
     ) -> Reader {
         let checkpoints = Arc::new(Checkpoints::new());
@@ -45,8 +52,30 @@ impl Reader {
             shared,
             ledger,
             checkpoints,
+            usage_slots: Arc::new(tokio::sync::Semaphore::new(max_usage_calls.max(1))),
+            max_usage_calls: max_usage_calls.max(1),
             stop,
         }
+    }
+
+    /// One of `--max-usage-calls`, waiting up to `wait` for one to end.
+    async fn usage_slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Status> {
+        static BUSY: super::quiet::Quiet = super::quiet::Quiet::new("usage calls busy");
+        let slots = self.usage_slots.clone();
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => Ok(s),
+            Err(_) => tokio::time::timeout(wait, slots.acquire_owned())
+                .await
+                .ok()
+                // The semaphore is never closed.
+                .and_then(Result::ok)
+                .ok_or_else(|| super::status::usage_busy(self.max_usage_calls, wait)),
+        };
+        match &slot {
+            Ok(_) => BUSY.accepted(),
+            Err(s) => BUSY.refused(&s.message()),
+        }
+        slot
     }
 
     fn ledger(&self) -> Result<Arc<Ledger>, Status> {
@@ -77,15 +106,27 @@ impl LedgerService for Reader {
         &self,
         request: Request<UsageRequest>,
     ) -> Result<Response<Self::UsageStream>, Status> {
-        let started = self.ledger().and_then(|ledger| {
-            let admission = self.shared.admit()?;
-            usage::usage(
-                ledger,
-                self.checkpoints.clone(),
-                request.into_inner(),
-                admission,
-            )
-        });
+        let wait = super::budget::wait_within(super::budget::deadline(request.metadata()))
+            .min(usage::USAGE_WAIT);
+        let started = match self.ledger() {
+            Err(s) => Err(s),
+            Ok(ledger) => match self.usage_slot(wait).await {
+                Err(s) => Err(s),
+                Ok(slot) => self
+                    .shared
+                    .admit()
+                    .map_err(Status::from)
+                    .and_then(|admission| {
+                        usage::usage(
+                            ledger,
+                            self.checkpoints.clone(),
+                            request.into_inner(),
+                            admission,
+                            slot,
+                        )
+                    }),
+            },
+        };
         started
             .map(Response::new)
             .inspect_err(|s| count_rpc("Usage", s.code()))

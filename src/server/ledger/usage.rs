@@ -14,15 +14,18 @@ use super::super::{count_rpc, status, Admission};
 use crate::ledger::Ledger;
 use crate::pb::{UsageRequest, UsageResponse};
 use crate::read::build::Checkpoints;
-use crate::read::usage::answer;
+use crate::read::usage::{answer, responses};
 use crate::usage::{Query, Usage};
 
 /// Responses computed ahead of a client. The engine holds its records
 /// anyway; this bounds only what waits to be sent.
-const RESPONSE_BUFFER: usize = 4;
-/// Rows and anomalies per response: about 200 bytes each, so a response
-/// stays far below gRPC's usual 4 MiB limit.
-const ITEMS_PER_RESPONSE: usize = 2000;
+const RESPONSE_BUFFER: usize = 2;
+/// Rows and anomalies per response: about 200 bytes each encoded, so a
+/// response stays far below gRPC's usual 4 MiB limit, and what a call holds
+/// for a slow client (about three responses) stays well under a MiB.
+const ITEMS_PER_RESPONSE: usize = 1000;
+/// How long a Usage call waits for one of `--max-usage-calls` to end.
+pub(super) const USAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The response stream handed to tonic.
 pub type ResponseStream = ReceiverStream<Result<UsageResponse, Status>>;
@@ -34,6 +37,7 @@ pub(super) fn usage(
     checkpoints: Arc<Checkpoints>,
     req: UsageRequest,
     admission: Admission,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<ResponseStream, Status> {
     let now = i128::from(crate::log::now_nanos());
     let query = Query::from_pb(&req, now).map_err(status::invalid)?;
@@ -51,6 +55,7 @@ pub(super) fn usage(
             }
         };
         count_rpc("Usage", code);
+        drop(slot);
         drop(admission);
     });
     Ok(ReceiverStream::new(rx))
@@ -68,21 +73,10 @@ fn run(
     let plan = checkpoints.plan(log, true).map_err(status::usage_read)?;
     let answer = answer(log, &plan, query, upto).map_err(status::usage)?;
     tracing::debug!(stats = ?answer.stats, elapsed = ?started.elapsed(), "usage answered");
-    let mut chunk = UsageResponse::default();
-    for id in answer.report {
-        let pb = id.to_pb();
-        chunk.rows.extend(pb.rows);
-        chunk.anomalies.extend(pb.anomalies);
-        if chunk.rows.len() + chunk.anomalies.len() >= ITEMS_PER_RESPONSE
-            && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
-        {
-            // The client has gone.
-            return Err(Status::cancelled("client went away"));
-        }
-    }
-    if (!chunk.rows.is_empty() || !chunk.anomalies.is_empty())
-        && tx.blocking_send(Ok(chunk)).is_err()
-    {
+    let sent = responses(answer.report, ITEMS_PER_RESPONSE, |r| {
+        tx.blocking_send(Ok(r)).is_ok()
+    });
+    if !sent {
         return Err(Status::cancelled("client went away"));
     }
     Ok(())
