@@ -46,7 +46,6 @@ impl Writer {
             *e = end;
             changed
         });
-        self.shared.set_healthy(true);
     }
 
     /// The newest seal, for the next seal's link and for `Head`.

@@ -46,7 +46,9 @@ impl Writer {
         if self.shared.set_healthy(false) {
             tracing::error!(stream = self.config.stream, error = %e, "ledger {what} failed; refusing writes until it recovers");
         }
-        LogError(format!("ledger {what} failed: {e}"))
+        let err = LogError(format!("ledger {what} failed: {e}"));
+        self.failure.get_or_insert_with(|| err.clone());
+        err
     }
 
     /// Writes again what was acknowledged (policies `interval` and `never`)
@@ -97,20 +99,33 @@ impl Writer {
         }
     }
 
-    /// Opens the stream from disk again. `probe`: also check that the disk
-    /// takes bytes (see [`has_room`]), for the periodic probe, which has no
-    /// write of its own to fail.
+    /// Opens the stream from disk again, and checks that the disk takes
+    /// bytes (see [`has_room`]): opening succeeds on a full disk, so a
+    /// reopen without the check would succeed for every call and its write
+    /// fail, and each call would flip health and log twice. `probe`: for the
+    /// periodic probe, which has no write of its own to prove the disk
+    /// works: its success alone turns the stream healthy. A client's write
+    /// turns it healthy only once that write is in (see `healthy_again`).
     pub(super) fn reopen(&mut self, probe: bool) -> io::Result<()> {
         let opened = open::open(&self.config)?;
-        if probe {
-            has_room(&opened.active.data, opened.active.len)?;
-        }
+        has_room(&opened.active.data, opened.active.len)?;
         self.install(opened);
-        tracing::info!(
-            stream = self.config.stream,
-            "ledger reopened; writing again"
-        );
+        if probe {
+            self.healthy_again();
+        }
         Ok(())
+    }
+
+    /// After a write or a probe that worked: healthy, logged once when the
+    /// stream was not.
+    pub(super) fn healthy_again(&mut self) {
+        self.failure = None;
+        if self.shared.set_healthy(true) {
+            tracing::info!(
+                stream = self.config.stream,
+                "ledger writes work again; taking writes"
+            );
+        }
     }
 }
 

@@ -59,6 +59,10 @@ pub(crate) struct Writer {
     pub(super) last_received: i64,
     /// Logged once per change, not once per call.
     pub(super) retention_blocked: bool,
+    /// What made the stream refuse writes, while it does: the answer to
+    /// every write until a probe or a write works again (the reopen's own
+    /// probe error, e.g. from `fallocate`, says less about the cause).
+    pub(super) failure: Option<LogError>,
     /// Syncs the receive-time file beside the data file's sync (policy
     /// `always`; elsewhere syncs are rare and need no second thread).
     syncer: Option<super::syncer::Syncer>,
@@ -87,6 +91,7 @@ impl Writer {
             head: None,
             last_received: 0,
             retention_blocked: false,
+            failure: None,
             syncer: None,
         };
         if w.config.fsync == Fsync::Always {
@@ -187,7 +192,11 @@ impl Writer {
     fn commit<R: LogRecord>(&mut self, jobs: &mut Vec<Append<R>>) {
         if self.state.is_none() {
             if let Err(e) = self.reopen(false) {
-                let err = self.failed("reopen", e);
+                let err = match self.failure.clone() {
+                    // Still the episode's cause: the same answer, no new log line.
+                    Some(cause) => cause,
+                    None => self.failed("reopen", e),
+                };
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(err.clone()));
                 }
@@ -297,6 +306,7 @@ impl Writer {
                 })
                 .inc_by(self.buf.len() as u64);
             m.group_records.observe(written as f64);
+            self.healthy_again();
         }
         for (job, out) in jobs.drain(..).zip(outcomes) {
             // The records go before the reply: the caller still holds them

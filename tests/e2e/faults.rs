@@ -143,6 +143,100 @@ async fn a_full_filesystem_fails_loudly_loses_nothing_and_recovers() {
     drop(fs);
 }
 
+/// A full disk under load: 200 calls refused, one log line for the
+/// episode (not one per call), health NOT_SERVING without a flap until the
+/// disk has room again, then SERVING by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_load_logs_once_and_health_does_not_flap() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let outside = tempfile::tempdir().unwrap();
+    let ledger = outside.path().join("ledger");
+    std::fs::create_dir(fs.path().join("ledger")).unwrap();
+    std::os::unix::fs::symlink(fs.path().join("ledger"), &ledger).unwrap();
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 1024 * 1024 - 48 * 1024]).unwrap();
+    let server = Binary::start(&ledger, &[]).await;
+    let mut client = server.client().await;
+    let mut i = 0;
+    loop {
+        i += 1;
+        assert!(i < 10_000, "the filesystem never filled up");
+        if client
+            .emit(emit_req(vm_entry("vm-full", &format!("load-{i}"))))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    wait_health(&server, ServingStatus::NotServing).await;
+    let lines_before = server.log_text().lines().count();
+
+    // Every status the health service publishes from now on.
+    let ch = crate::common::channel(server.addr).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "metering.v1.MeteringService".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::NotServing as i32);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watching = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = watch.message().await {
+                seen.lock().unwrap().push(r.status);
+            }
+        })
+    };
+    let started = Instant::now();
+    for n in 0..200 {
+        let s = client
+            .emit(emit_req(vm_entry("vm-full", &format!("refused-{n}"))))
+            .await
+            .expect_err("the disk is full");
+        assert!(
+            matches!(s.code(), Code::Unavailable | Code::ResourceExhausted),
+            "{s:?}"
+        );
+    }
+    // Long enough for the writer's probes (every second) to have run.
+    while started.elapsed() < Duration::from_secs(3) {
+        let _ = client
+            .emit(emit_req(vm_entry("vm-full", "refused-more")))
+            .await;
+    }
+    let log = server.log_text();
+    let new_lines: Vec<&str> = log.lines().skip(lines_before).collect();
+    assert!(
+        new_lines.len() <= 2,
+        "{} lines logged for the refused calls:\n{}",
+        new_lines.len(),
+        new_lines.join("\n")
+    );
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        Vec::<i32>::new(),
+        "health changed while the disk was full"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_health_within(&server, ServingStatus::Serving, Duration::from_secs(5)).await;
+    client
+        .emit(emit_req(vm_entry("vm-full", "after")))
+        .await
+        .expect("writes resume");
+    watching.abort();
+    drop(fs);
+}
+
 /// What a raw HTTP/2 gRPC call got: the HTTP status and `grpc-status`
 /// (from the headers of a trailers-only answer, or from the trailers).
 #[derive(Debug)]
