@@ -354,6 +354,14 @@ async fn a_full_spool_refuses_new_records_then_drains() {
         acked.len()
     );
 
+    // Health says so, for the writer service and the server.
+    crate::passthrough::wait_health(
+        sidecar.addr,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing,
+        Duration::from_secs(5),
+    )
+    .await;
+
     // Refused calls keep being refused and cost no memory.
     let rss_before = sidecar.rss_kib();
     for i in 0..2000 {
@@ -398,6 +406,13 @@ async fn a_full_spool_refuses_new_records_then_drains() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Health comes back by itself once delivery made room.
+    crate::passthrough::wait_health(
+        sidecar.addr,
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        Duration::from_secs(5),
+    )
+    .await;
     client
         .emit(emit_req(vm_entry("after-drain", "after-drain")))
         .await

@@ -67,3 +67,35 @@ async fn pass_through_health_comes_back_with_the_upstream_and_no_write() {
         .expect("writes go through again");
     assert!(sidecar.log_text().contains("upstream answers again"));
 }
+
+/// With nothing written, health follows the upstream: NOT_SERVING within
+/// 5 s of the upstream dying, SERVING within 5 s of its return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_health_follows_the_upstream_with_no_write() {
+    let (agg_dir, side_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let agg_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut aggregator = Binary::start_at(agg_addr, agg_dir.path(), &[]).await;
+    let sink = format!("grpc={agg_addr}");
+    let sidecar = Binary::start(
+        side_dir.path(),
+        &["--sink", &sink, "--forward-mode", "pass-through"],
+    )
+    .await;
+    wait_health(sidecar.addr, ServingStatus::Serving, Duration::from_secs(5)).await;
+    aggregator.kill9();
+    let took = wait_health(
+        sidecar.addr,
+        ServingStatus::NotServing,
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!("NOT_SERVING {took:?} after the upstream died");
+    let _aggregator = Binary::start_at(agg_addr, agg_dir.path(), &[]).await;
+    let took = wait_health(sidecar.addr, ServingStatus::Serving, Duration::from_secs(5)).await;
+    eprintln!("SERVING {took:?} after the upstream came back");
+    let mut client = sidecar.client().await;
+    client
+        .emit(emit_req(vm_entry("vm-pt", "pt-follow")))
+        .await
+        .expect("writes go through");
+}

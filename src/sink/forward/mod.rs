@@ -139,8 +139,57 @@ struct Spooled {
     /// origin of [`crate::log::Log::bytes_end`]): what counts against
     /// `--spool-max-bytes` is only what lies beyond.
     delivered: [Arc<AtomicU64>; 2],
+    /// Whether the spool has room: false from the first refusal until
+    /// delivery has made room again (health is NOT_SERVING meanwhile).
+    room: Arc<tokio::sync::watch::Sender<bool>>,
     stop: CancellationToken,
     forwarders: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How often a full spool is looked at for room while it refuses.
+const ROOM_CHECK: Duration = Duration::from_millis(200);
+
+impl Spooled {
+    /// Bytes spooled and not yet delivered, over both streams.
+    fn backlog(spool: &Spool, delivered: &[Arc<AtomicU64>; 2]) -> u64 {
+        [Stream::Entries, Stream::Batches]
+            .into_iter()
+            .zip(delivered)
+            .map(|(stream, d)| {
+                spool
+                    .log(stream)
+                    .bytes_end()
+                    .saturating_sub(d.load(Ordering::Acquire))
+            })
+            .sum()
+    }
+
+    /// The spool refused a write: no room until delivery makes some. A
+    /// task watches for it, so health comes back with no client write.
+    fn full(&self) {
+        if !self.room.send_if_modified(|r| std::mem::replace(r, false)) {
+            return; // already watching
+        }
+        let (spool, delivered, room, stop) = (
+            self.spool.clone(),
+            self.delivered.clone(),
+            self.room.clone(),
+            self.stop.clone(),
+        );
+        let max = self.max_bytes;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(ROOM_CHECK) => {}
+                    () = stop.cancelled() => return,
+                }
+                if Spooled::backlog(&spool, &delivered) < max {
+                    room.send_replace(true);
+                    return;
+                }
+            }
+        });
+    }
 }
 
 impl ForwardSink {
@@ -196,6 +245,7 @@ impl ForwardSink {
                 spool,
                 max_bytes: options.max_spool_bytes,
                 delivered,
+                room: Arc::new(tokio::sync::watch::channel(true).0),
                 stop,
                 forwarders: Mutex::new(forwarders),
             }),
@@ -249,17 +299,9 @@ impl Sink for ForwardSink {
                 result
             });
         };
-        let spooled: u64 = [Stream::Entries, Stream::Batches]
-            .into_iter()
-            .zip(&s.delivered)
-            .map(|(stream, d)| {
-                s.spool
-                    .log(stream)
-                    .bytes_end()
-                    .saturating_sub(d.load(Ordering::Acquire))
-            })
-            .sum();
+        let spooled = Spooled::backlog(&s.spool, &s.delivered);
         if spooled >= s.max_bytes {
+            s.full();
             let msg = format!(
                 "{}: spool full ({spooled} bytes, --spool-max-bytes {}); the upstream is not keeping up",
                 self.name, s.max_bytes
@@ -293,7 +335,13 @@ impl Sink for ForwardSink {
     fn health(&self) -> Vec<super::SinkHealth> {
         match (&self.spooled, &self.pass_through) {
             (Some(s), _) => {
-                super::jsonl::ledger_health(&format!("{} spool", self.name), &s.spool.ledger)
+                let mut h =
+                    super::jsonl::ledger_health(&format!("{} spool", self.name), &s.spool.ledger);
+                h.push(super::SinkHealth {
+                    name: format!("{} spool room", self.name),
+                    healthy: s.room.subscribe(),
+                });
+                h
             }
             (None, Some(p)) => vec![super::SinkHealth {
                 name: format!("{} upstream", self.name),

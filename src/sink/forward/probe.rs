@@ -17,6 +17,10 @@ use super::Upstream;
 /// Pause between two probes of a failed upstream: health is back within
 /// about this plus one probe's time of the upstream returning.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Pause between two probes of an upstream that answers: with nothing
+/// written, health turns NOT_SERVING within about this plus one probe's
+/// timeout of the upstream going away (4 s).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for one probe (shorter when `--upstream-timeout` is), so an
 /// upstream that accepts connections and never answers cannot hold the next
 /// probe back for long.
@@ -60,8 +64,9 @@ impl UpstreamHealth {
     }
 }
 
-/// Waits for the upstream to fail, then probes it every [`PROBE_EVERY`]
-/// until it answers (or a delivery succeeds meanwhile).
+/// Probes the upstream every [`WATCH_EVERY`] while it answers (a failed
+/// delivery or probe turns it unhealthy), then every [`PROBE_EVERY`] until
+/// it answers again (or a delivery succeeds meanwhile).
 async fn probe(
     name: String,
     upstream: Arc<dyn Upstream>,
@@ -71,9 +76,23 @@ async fn probe(
     stop: CancellationToken,
 ) {
     loop {
-        tokio::select! {
-            r = state.wait_for(|h| !h) => if r.is_err() { return },
-            () = stop.cancelled() => return,
+        loop {
+            tokio::select! {
+                r = state.wait_for(|h| !h) => match r {
+                    Ok(_) => break,
+                    Err(_) => return,
+                },
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+            let Some(check) = upstream.probe() else {
+                continue; // nothing to probe with: deliveries decide
+            };
+            let answered = matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(())));
+            if !answered {
+                health.observe(false);
+                break;
+            }
         }
         tracing::warn!(sink = %name, "upstream not answering (pass-through); probing it every second");
         loop {
