@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(req) = SubmitBatchRequest::decode(data) {
-        for batch in req.batches {
+        // Every position answered: decoded, or kept aside as undecodable.
+        let n = req.len();
+        let positions: Vec<_> = req.into_positions().collect();
+        assert_eq!(positions.len(), n, "a position per batch");
+        for batch in positions.into_iter().flatten() {
             if let Ok(batch) = check.batch(batch) {
                 let mut line = Vec::new();
                 meterd::wire::batch_line(&batch, &mut line);

@@ -246,8 +246,8 @@ pub struct ServeArgs {
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, value_name = "N", default_value_t = 256, env = "METERD_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
-    /// LedgerService.Usage calls computing at once; beyond it a call waits up to 2s (or most of its deadline), then gets RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "N", default_value_t = 4, env = "METERD_MAX_USAGE_CALLS", value_parser = clap::value_parser!(u32).range(1..))]
+    /// LedgerService.Usage calls computing at once (default: half the CPUs, at least 1, so that writers keep the rest); beyond it a call waits up to 2s (or most of its deadline), then gets RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = crate::server::default_usage_calls(), env = "METERD_MAX_USAGE_CALLS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_usage_calls: u32,
     /// Client connections open at once over every listener; beyond it a new connection is closed at once (counted in /metrics, logged once per change of state).
     #[arg(long, value_name = "N", default_value_t = 4096, env = "METERD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]

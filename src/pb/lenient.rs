@@ -262,6 +262,23 @@ mod tests {
     }
 
     #[test]
+    fn positions_keep_request_order_at_both_ends() {
+        // Bad, good, bad: spoil the first and the last entry.
+        let bytes = EmitBatchRequest::new(vec![entry("vm-X"), entry("vm-b"), entry("vm-Y")])
+            .encode_to_vec();
+        let mut bytes = bytes;
+        for marker in [b"vm-X", b"vm-Y"] {
+            let at = bytes.windows(4).position(|w| w == marker).expect("id");
+            bytes[at + 3] = 0xfe;
+        }
+        let req = EmitBatchRequest::decode(bytes.as_slice()).expect("frame");
+        let got: Vec<_> = req.into_positions().map(|p| p.map(|e| e.vm_id)).collect();
+        assert_eq!(got.len(), 3);
+        assert!(got[0].is_err() && got[2].is_err(), "{got:?}");
+        assert_eq!(got[1].as_deref(), Ok("vm-b"));
+    }
+
+    #[test]
     fn the_generated_decoder_would_fail_the_whole_message() {
         // What the lenient type exists for: prost fails all three entries.
         #[derive(Clone, PartialEq, prost::Message)]

@@ -109,7 +109,7 @@ impl Default for Config {
             max_in_flight_bytes: 64 << 20,
             message_read_timeout: Duration::from_secs(30),
             max_streams_per_connection: 256,
-            max_usage_calls: 4,
+            max_usage_calls: default_usage_calls() as usize,
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(600)),
@@ -124,6 +124,13 @@ impl Default for Config {
             auth_all_services: false,
         }
     }
+}
+
+/// `--max-usage-calls` by default: half the CPUs, at least one. A Usage
+/// call computes on one CPU for as long as it takes; writers keep the rest.
+pub fn default_usage_calls() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    u32::try_from(cpus / 2).unwrap_or(u32::MAX).max(1)
 }
 
 /// State shared by every call.
