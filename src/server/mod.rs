@@ -43,6 +43,12 @@ pub use health::{LEDGER_SERVICE_NAME, SERVICE_NAME};
 pub use listen::{ListenAddr, Listener};
 pub use tls::{Tls, TlsFiles};
 
+/// HTTP/2 receive windows (see `run`): a stalled stream holds at most
+/// this; a MiB in flight per connection keeps a fast sender at full speed
+/// on a LAN (1 MiB per millisecond of round trip).
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// Server settings beside the sink.
 #[derive(Clone)]
 pub struct Config {
@@ -425,6 +431,13 @@ pub async fn run(
         let unix_socket = matches!(listener, Listener::Unix(..));
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_streams_per_connection)
+            // What a client that stops being read leaves buffered in meterd
+            // is its stream's flow-control window: 256 KiB here (hyper's
+            // default is 1 MiB), at most 1 MiB over a connection's streams.
+            // (hyper's adaptive windows, which start at 64 KiB, broke
+            // connections carrying thousands of refused calls.)
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .http2_keepalive_interval(config.http2_keepalive_interval)
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .tcp_keepalive(config.tcp_keepalive);

@@ -2,6 +2,7 @@
 //! never once per call: under overload the log must not become the disk's
 //! next problem. `/metrics` carries the per-call truth.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,9 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 /// One kind of refusal (spool full, writes failing). Safe for concurrent use.
 pub(crate) struct Quiet {
     what: &'static str,
+    /// Whether an episode is open: the fast path of [`Quiet::accepted`],
+    /// which runs on every call.
+    refusing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -29,6 +33,7 @@ impl Quiet {
     pub(crate) const fn new(what: &'static str) -> Quiet {
         Quiet {
             what,
+            refusing: AtomicBool::new(false),
             state: Mutex::new(State {
                 since: None,
                 count: 0,
@@ -52,6 +57,7 @@ impl Quiet {
             s.since = None;
         }
         s.last_refusal = Some(now);
+        self.refusing.store(true, Ordering::Release);
         s.count += 1;
         s.total += 1;
         match (s.since, s.last_line) {
@@ -76,9 +82,20 @@ impl Quiet {
         }
     }
 
-    /// A call went through: if calls were being refused, that ends now.
+    /// A call went through: if calls were being refused, that ends, once
+    /// none has been for [`SUMMARY_EVERY`]. A limit that is hit now and then
+    /// (calls refused and accepted in turn) is one episode, logged when it
+    /// starts, summarised every few seconds, and once when it is over; not
+    /// two lines each time a call gets through.
     pub(crate) fn accepted(&self) {
+        if !self.refusing.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.last_refusal.is_some_and(|t| t.elapsed() < SUMMARY_EVERY) {
+            return;
+        }
+        self.refusing.store(false, Ordering::Release);
         if let Some(since) = s.since.take() {
             tracing::info!(
                 refused = s.total,

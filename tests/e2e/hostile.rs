@@ -579,9 +579,8 @@ async fn usage_calls_beyond_the_cap_are_refused() {
     assert_eq!(
         log.lines()
             .filter(|l| l.contains("usage calls busy"))
-            .map(|l| l.contains("accepting calls again"))
-            .collect::<Vec<_>>(),
-        vec![false, true],
-        "logged once when refusing starts, once when it ends:\n{log}"
+            .count(),
+        1,
+        "logged once when refusing starts (its end once calls have gone through for 5 s):\n{log}"
     );
 }

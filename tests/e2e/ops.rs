@@ -235,7 +235,7 @@ async fn an_overloaded_server_sheds_load_with_bounded_memory() {
     let mut exhausted = 0;
     for t in tasks {
         if let Err(s) = t.await.unwrap() {
-            assert_eq!(s.code(), Code::ResourceExhausted);
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
             exhausted += 1;
         }
     }

@@ -45,20 +45,45 @@ pub(super) fn usage(
     // the stream starts.
     Usage::new(query.clone()).map_err(status::invalid)?;
     let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-    tokio::task::spawn_blocking(move || {
-        let code = match run(&ledger, &checkpoints, &query, &tx) {
-            Ok(()) => tonic::Code::Ok,
-            Err(s) => {
-                let code = s.code();
-                let _ = tx.blocking_send(Err(s));
-                code
-            }
-        };
-        count_rpc("Usage", code);
-        drop(slot);
-        drop(admission);
-    });
-    Ok(ReceiverStream::new(rx))
+    // A thread of its own, at a lower priority: a query computes on one CPU
+    // for as long as it takes, and writers must not wait for it.
+    let spawned = std::thread::Builder::new()
+        .name("meterd-usage".into())
+        .spawn(move || {
+            yield_to_writers();
+            let code = match run(&ledger, &checkpoints, &query, &tx) {
+                Ok(()) => tonic::Code::Ok,
+                Err(s) => {
+                    let code = s.code();
+                    let _ = tx.blocking_send(Err(s));
+                    code
+                }
+            };
+            count_rpc("Usage", code);
+            drop(slot);
+            drop(admission);
+        });
+    match spawned {
+        Ok(_) => Ok(ReceiverStream::new(rx)),
+        Err(e) => Err(Status::resource_exhausted(format!(
+            "cannot start a thread for the usage query: {e}"
+        ))),
+    }
+}
+
+/// Nice value of the threads that answer Usage: under CPU contention the
+/// scheduler gives writers (nice 0) most of the time.
+const READER_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority (Linux keeps a nice value per
+/// thread). A failure only leaves it where it was.
+fn yield_to_writers() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread; no memory is shared.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, READER_NICE);
+    }
 }
 
 fn run(
