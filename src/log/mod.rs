@@ -129,6 +129,10 @@ pub(crate) struct Shared {
     filter_bytes: AtomicU64,
     /// The newest seal.
     head: Mutex<Option<Head>>,
+    /// Sealed segments' commits and checks that readers hold now, by first
+    /// position: forty followers of one segment share one copy (a
+    /// segment of small groups has some 10 MB of them).
+    sealed_spans: Mutex<std::collections::HashMap<u64, reader::SharedSpan>>,
 }
 
 /// What a stream holds in memory for dedupe.
@@ -164,6 +168,7 @@ impl Shared {
             active_keys: AtomicU64::new(0),
             filter_bytes: AtomicU64::new(0),
             head: Mutex::new(None),
+            sealed_spans: Mutex::new(std::collections::HashMap::new()),
         }
     }
 

@@ -308,23 +308,26 @@ impl LogReader {
                         }
                         Err(e) => return Err(ReadError::Io(e)),
                     };
-                    let recorded = times::read(&names.sealed(s.first, TIMES)).ok().flatten();
-                    // A record file of an earlier meterd has no checks at all.
-                    let format_1 = recorded
-                        .as_ref()
-                        .is_some_and(|t| t.checks.is_empty() && t.count() > 0);
-                    let (commits, checks) =
-                        sealed_layout(recorded, s.count, seg.written_len, s.received_max);
-                    Place {
-                        first: s.first,
-                        data: Arc::new(data),
-                        file: path,
-                        sealed: Some(Owned {
+                    let owned = self.sealed_span(s.first, || {
+                        let recorded = times::read(&names.sealed(s.first, TIMES)).ok().flatten();
+                        // A record file of an earlier meterd has no checks at all.
+                        let format_1 = recorded
+                            .as_ref()
+                            .is_some_and(|t| t.checks.is_empty() && t.count() > 0);
+                        let (commits, checks) =
+                            sealed_layout(recorded, s.count, seg.written_len, s.received_max);
+                        Owned {
                             commits: commits.into(),
                             checks: checks.into(),
                             start: (0, 0),
                             trust_unchecked: format_1,
-                        }),
+                        }
+                    });
+                    Place {
+                        first: s.first,
+                        data: Arc::new(data),
+                        file: path,
+                        sealed: Some(owned),
                         active: None,
                         cursor: Cursor::START,
                         bytes_before: seg.bytes_before,
@@ -333,6 +336,24 @@ impl LogReader {
             };
             return self.seek_within(place);
         }
+    }
+
+    /// The commits and checks of the sealed segment at `first`: the copy
+    /// another reader holds, or `load`ed (and then shared).
+    fn sealed_span(&self, first: u64, load: impl FnOnce() -> Owned) -> Owned {
+        let mut spans = self
+            .shared
+            .sealed_spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = spans.get(&first).and_then(SharedSpan::upgrade) {
+            return held;
+        }
+        // Loaded under the lock: readers arriving together load it once.
+        let owned = load();
+        spans.retain(|_, s| s.commits.strong_count() > 0);
+        spans.insert(first, SharedSpan::of(&owned));
+        owned
     }
 
     /// Moves `place` to the record of `next`, placed by the written lengths.
@@ -351,6 +372,32 @@ impl LogReader {
 /// keeps seals: its records were retired, not lost).
 fn seal_remains(names: &Names, first: u64) -> bool {
     names.sealed(first, SEAL).exists()
+}
+
+/// A sealed segment's [`Owned`] as long as some reader holds it.
+pub(crate) struct SharedSpan {
+    pub(super) commits: std::sync::Weak<[Commit]>,
+    checks: std::sync::Weak<[Check]>,
+    trust_unchecked: bool,
+}
+
+impl SharedSpan {
+    fn of(o: &Owned) -> SharedSpan {
+        SharedSpan {
+            commits: Arc::downgrade(&o.commits),
+            checks: Arc::downgrade(&o.checks),
+            trust_unchecked: o.trust_unchecked,
+        }
+    }
+
+    fn upgrade(&self) -> Option<Owned> {
+        Some(Owned {
+            commits: self.commits.upgrade()?,
+            checks: self.checks.upgrade()?,
+            start: (0, 0),
+            trust_unchecked: self.trust_unchecked,
+        })
+    }
 }
 
 /// A [`Span`] that owns its commits and checks (shared for a sealed

@@ -129,6 +129,7 @@ impl Snapshot {
                 active_keys: Default::default(),
                 filter_bytes: Default::default(),
                 head: Mutex::new(None),
+                sealed_spans: Default::default(),
             }),
         })
     }

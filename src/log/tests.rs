@@ -504,3 +504,29 @@ async fn a_clean_shutdown_leaves_a_key_snapshot_that_the_next_start_uses_once() 
     );
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn readers_of_one_sealed_segment_share_its_commits_and_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&config(dir.path())).await;
+    for i in 0..50 {
+        append(&log, vec![rec(None, i)]).await; // a group per record
+    }
+    log.seal().await.unwrap();
+    append(&log, vec![rec(None, 50)]).await;
+    let mut readers: Vec<_> = (0..3).map(|_| log.reader(0).unwrap()).collect();
+    for r in &mut readers {
+        assert_eq!(r.read(1, 1 << 20).unwrap()[0].position, 1);
+    }
+    let spans = log.shared.sealed_spans.lock().unwrap();
+    assert_eq!(spans.len(), 1, "one copy for the segment");
+    let held = spans.values().next().expect("the segment's span");
+    assert_eq!(held.commits.strong_count(), 3, "held by the three readers");
+    drop(spans);
+    drop(readers);
+    // The last reader gone, nothing is kept.
+    let spans = log.shared.sealed_spans.lock().unwrap();
+    assert!(spans.values().all(|s| s.commits.strong_count() == 0));
+    drop(spans);
+    log.close().await.unwrap();
+}
