@@ -518,15 +518,17 @@ async fn readers_of_one_sealed_segment_share_its_commits_and_checks() {
     for r in &mut readers {
         assert_eq!(r.read(1, 1 << 20).unwrap()[0].position, 1);
     }
-    let spans = log.shared.sealed_spans.lock().unwrap();
-    assert_eq!(spans.len(), 1, "one copy for the segment");
-    let held = spans.values().next().expect("the segment's span");
-    assert_eq!(held.commits.strong_count(), 3, "held by the three readers");
-    drop(spans);
+    {
+        let spans = log.shared.sealed_spans.lock().unwrap();
+        assert_eq!(spans.len(), 1, "one copy for the segment");
+        let held = spans.values().next().expect("the segment's span");
+        assert_eq!(held.commits.strong_count(), 3, "held by the three readers");
+    }
     drop(readers);
-    // The last reader gone, nothing is kept.
-    let spans = log.shared.sealed_spans.lock().unwrap();
-    assert!(spans.values().all(|s| s.commits.strong_count() == 0));
-    drop(spans);
+    {
+        // The last reader gone, nothing is kept.
+        let spans = log.shared.sealed_spans.lock().unwrap();
+        assert!(spans.values().all(|s| s.commits.strong_count() == 0));
+    }
     log.close().await.unwrap();
 }

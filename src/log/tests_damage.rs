@@ -341,8 +341,10 @@ async fn snapshots_see_every_durable_record_once_while_segments_are_sealed() {
     let log = open(&cfg).await;
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
         let (dir, acked, stop) = (dir.path().to_path_buf(), acked.clone(), stop.clone());
+        let taken = taken.clone();
         std::thread::spawn(move || {
             let mut snapshots = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -365,11 +367,17 @@ async fn snapshots_see_every_durable_record_once_while_segments_are_sealed() {
                 }
                 assert_eq!(next - 1, snap.end(), "snapshot {snapshots} read to its end");
                 snapshots += 1;
+                taken.store(snapshots, std::sync::atomic::Ordering::SeqCst);
             }
             snapshots
         })
     };
-    for k in 1..=1500usize {
+    // Writes (and seals) go on until the reader has taken enough
+    // snapshots, however busy the machine is.
+    let mut k = 0usize;
+    while k < 1500 || taken.load(std::sync::atomic::Ordering::SeqCst) <= 10 {
+        k += 1;
+        assert!(k < 50_000, "the reader took too few snapshots");
         append(&log, vec![rec(Some(&format!("k{k}")), k)]).await;
         acked.store(k as u64, std::sync::atomic::Ordering::SeqCst);
     }
