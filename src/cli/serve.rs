@@ -143,24 +143,8 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             max_message_bytes: args.max_message_bytes,
             shutdown_grace: args.shutdown_grace,
             max_in_flight: args.max_in_flight as usize,
-            max_queue_bytes: u64::try_from(args.max_queue_bytes)
-                .ok()
-                .filter(|b| (1..=1 << 32).contains(b))
-                .ok_or_else(|| {
-                    format!(
-                        "--max-queue-bytes {}: must be between 1 byte and 4GiB",
-                        args.max_queue_bytes
-                    )
-                })?,
-            max_in_flight_bytes: u64::try_from(args.max_in_flight_bytes)
-                .ok()
-                .filter(|b| (1..=1 << 32).contains(b))
-                .ok_or_else(|| {
-                    format!(
-                        "--max-in-flight-bytes {}: must be between 1 byte and 4GiB",
-                        args.max_in_flight_bytes
-                    )
-                })?,
+            max_queue_bytes: byte_budget("--max-queue-bytes", args.max_queue_bytes)?,
+            max_in_flight_bytes: byte_budget("--max-in-flight-bytes", args.max_in_flight_bytes)?,
             message_read_timeout: args.message_read_timeout,
             max_streams_per_connection: args.max_streams_per_connection,
             max_usage_calls: args.max_usage_calls as usize,
@@ -179,6 +163,15 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             auth_all_services: args.auth_all_services,
         },
     })
+}
+
+/// A byte budget flag (`--max-queue-bytes`, `--max-in-flight-bytes`):
+/// 1 byte to 4 GiB, what one semaphore acquire can hold.
+fn byte_budget(flag: &str, value: i64) -> Result<u64, String> {
+    u64::try_from(value)
+        .ok()
+        .filter(|b| (1..=1 << 32).contains(b))
+        .ok_or_else(|| format!("{flag} {value}: must be between 1 byte and 4GiB"))
 }
 
 /// `meterd check-config`: checks everything that can be checked without

@@ -42,52 +42,6 @@ pub struct SubmitBatchRequest {
     pub undecodable: Vec<Undecodable>,
 }
 
-impl EmitBatchRequest {
-    pub fn new(entries: Vec<Entry>) -> Self {
-        EmitBatchRequest {
-            entries,
-            undecodable: Vec::new(),
-        }
-    }
-
-    /// Every entry of the request at its position: decoded, or why not.
-    pub fn into_positions(self) -> Positions<Entry> {
-        Positions::new(self.entries, self.undecodable)
-    }
-
-    /// How many entries the request holds, decodable or not.
-    pub fn len(&self) -> usize {
-        self.entries.len() + self.undecodable.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl SubmitBatchRequest {
-    pub fn new(batches: Vec<MetricBatch>) -> Self {
-        SubmitBatchRequest {
-            batches,
-            undecodable: Vec::new(),
-        }
-    }
-
-    /// Every batch of the request at its position: decoded, or why not.
-    pub fn into_positions(self) -> Positions<MetricBatch> {
-        Positions::new(self.batches, self.undecodable)
-    }
-
-    /// How many batches the request holds, decodable or not.
-    pub fn len(&self) -> usize {
-        self.batches.len() + self.undecodable.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The elements of a lenient repeated field in request order.
 pub struct Positions<T> {
     decoded: std::vec::IntoIter<T>,
@@ -146,81 +100,71 @@ fn merge_element<T: Message + Default>(
     Ok(())
 }
 
-impl Message for EmitBatchRequest {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encoding::message::encode_repeated(1, &self.entries, buf);
-    }
+/// The inherent methods and the `Message` impl of a lenient request whose
+/// repeated field `$field` (tag 1) holds `$item`s.
+macro_rules! lenient {
+    ($name:ident, $field:ident, $item:ty) => {
+        impl $name {
+            pub fn new($field: Vec<$item>) -> Self {
+                $name {
+                    $field,
+                    undecodable: Vec::new(),
+                }
+            }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match tag {
-            1 => merge_element(
-                &mut self.entries,
-                &mut self.undecodable,
-                wire_type,
-                buf,
-                ctx,
-            )
-            .map_err(|mut e| {
-                e.push("EmitBatchRequest", "entries");
-                e
-            }),
-            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+            /// Every element of the request at its position: decoded, or why not.
+            pub fn into_positions(self) -> Positions<$item> {
+                Positions::new(self.$field, self.undecodable)
+            }
+
+            /// How many elements the request holds, decodable or not.
+            pub fn len(&self) -> usize {
+                self.$field.len() + self.undecodable.len()
+            }
+
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
         }
-    }
 
-    fn encoded_len(&self) -> usize {
-        encoding::message::encoded_len_repeated(1, &self.entries)
-    }
+        impl Message for $name {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                encoding::message::encode_repeated(1, &self.$field, buf);
+            }
 
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.undecodable.clear();
-    }
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), DecodeError> {
+                match tag {
+                    1 => {
+                        merge_element(&mut self.$field, &mut self.undecodable, wire_type, buf, ctx)
+                            .map_err(|mut e| {
+                                e.push(stringify!($name), stringify!($field));
+                                e
+                            })
+                    }
+                    _ => encoding::skip_field(wire_type, tag, buf, ctx),
+                }
+            }
+
+            fn encoded_len(&self) -> usize {
+                encoding::message::encoded_len_repeated(1, &self.$field)
+            }
+
+            fn clear(&mut self) {
+                self.$field.clear();
+                self.undecodable.clear();
+            }
+        }
+    };
 }
 
-impl Message for SubmitBatchRequest {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encoding::message::encode_repeated(1, &self.batches, buf);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match tag {
-            1 => merge_element(
-                &mut self.batches,
-                &mut self.undecodable,
-                wire_type,
-                buf,
-                ctx,
-            )
-            .map_err(|mut e| {
-                e.push("SubmitBatchRequest", "batches");
-                e
-            }),
-            _ => encoding::skip_field(wire_type, tag, buf, ctx),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        encoding::message::encoded_len_repeated(1, &self.batches)
-    }
-
-    fn clear(&mut self) {
-        self.batches.clear();
-        self.undecodable.clear();
-    }
-}
+lenient!(EmitBatchRequest, entries, Entry);
+lenient!(SubmitBatchRequest, batches, MetricBatch);
 
 #[cfg(test)]
 mod tests {
