@@ -4,11 +4,10 @@ use std::process::ExitCode;
 
 use meterd::cli::{self, Command, LogFormat};
 
-/// mimalloc instead of glibc's malloc: records are allocated on request
-/// threads and freed on others, which glibc serves with arena locks and
-/// consolidation (a quarter of SubmitBatch's CPU in a profile).
+mod allocator;
+
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 #[tokio::main]
 async fn main() -> ExitCode {
