@@ -7,9 +7,7 @@ use super::{default_ledger_dir, ServeArgs};
 use crate::ledger::LedgerConfig;
 use crate::record::Limits;
 use crate::server::{self, Auth, Listener, Tls, TlsFiles};
-use crate::sink::forward::ForwardOptions;
-use crate::sink::http::HttpOptions;
-use crate::sink::nats::NatsOptions;
+use crate::sink::forward::{ForwardOptions, HttpOptions, NatsOptions};
 use crate::sink::{self, fanout::Fanout, BuildConfig, Sink, SinkSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,22 +24,22 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             match kind.as_str() {
                 "grpc" => {
                     target
-                        .parse::<sink::grpc::Target>()
+                        .parse::<sink::forward::grpc::Target>()
                         .map_err(|e| format!("sink {spec}: {e}"))?;
                 }
                 "nats" => {}
                 "http" => {
-                    sink::http::check_url("sink http", target)?;
+                    sink::forward::http::check_url("sink http", target)?;
                 }
                 _ => return Err(format!("sink {kind} is not available in this version")),
             }
         }
     }
     if let Some(path) = &args.grpc_ca_file {
-        sink::grpc::read_ca(path)?;
+        sink::forward::grpc::read_ca(path)?;
     }
     if let Some(url) = &args.http_entries_url {
-        sink::http::check_url("--http-entries-url", url)?;
+        sink::forward::http::check_url("--http-entries-url", url)?;
     }
     // An http sink without an entries URL lets entries pass by: some other
     // sink must keep them, or they would be acknowledged and lost.
@@ -122,7 +120,7 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
     for spec in args.sinks() {
         if let SinkSpec::Forward(kind, target) = spec {
             if kind == "nats" {
-                sink::nats::validate(target, &forward.nats)
+                sink::forward::nats::validate(target, &forward.nats)
                     .map_err(|e| format!("sink {spec}: {e}"))?;
             }
         }

@@ -10,7 +10,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 use jiff::tz::TimeZone;
 
 use super::client::{bearer, connect};
-use super::usage_output::{Output, Rows};
+use super::usage_output::{Format, Output, Rows};
 use crate::log::Snapshot;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 use crate::pb::{self, UsageRequest};
@@ -65,16 +65,6 @@ pub enum Granularity {
     Hour,
     Day,
     Month,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Aligned columns for a terminal, anomalies listed after the rows.
-    Table,
-    /// One header row, then one row per usage row and per anomaly.
-    Csv,
-    /// One JSON object per usage row and per anomaly.
-    Jsonl,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

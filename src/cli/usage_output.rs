@@ -8,8 +8,18 @@ use std::io::{self, Write};
 use jiff::tz::TimeZone;
 use serde_json::json;
 
-use super::usage::Format;
 use crate::pb::{AnomalyType, Family, UsageAnomaly, UsageRow};
+
+/// How `meterd usage` prints its answer (`--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal, anomalies listed after the rows.
+    Table,
+    /// One header row, then one row per usage row and per anomaly.
+    Csv,
+    /// One JSON object per usage row and per anomaly.
+    Jsonl,
+}
 
 /// Rows and anomalies of (part of) an answer.
 #[derive(Debug, Default)]

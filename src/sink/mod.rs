@@ -6,17 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub mod capture;
-mod deliver;
 pub mod fanout;
 pub mod forward;
-pub mod grpc;
-pub mod http;
 pub mod jsonl;
-pub mod nats;
 pub mod nop;
 mod spec;
 pub mod stderr;
-pub mod verdict;
 
 pub use crate::record::{Body, Outcome, Record};
 pub(crate) use spec::redact_url;

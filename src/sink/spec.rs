@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{capture, forward, grpc, http, jsonl, nats, nop, stderr, Sink};
+use super::forward::{self, grpc, http, nats};
+use super::{capture, jsonl, nop, stderr, Sink};
 
 /// Which sink, from a `--sink KIND[=TARGET]` spec.
 #[derive(Clone, Debug, PartialEq, Eq)]

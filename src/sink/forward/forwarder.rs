@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::deliver::{Decision, Done, Pipeline};
 use super::{Backoff, ForwardOptions, Upstream};
 use crate::log::LogReader;
 use crate::metrics::{metrics, ForwardLabels};
-use crate::sink::deliver::{Decision, Done, Pipeline};
 use crate::spool::{Spool, Stream, Window};
 
 /// Delivers one spool stream, in order, from its cursor.

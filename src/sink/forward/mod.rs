@@ -4,8 +4,6 @@
 //! capped exponential backoff) or in pass-through mode (acked to the client
 //! only once the upstream acks; no local state).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,100 +20,22 @@ use crate::metrics::{metrics, ForwardLabels};
 use crate::spool::{Spool, Stream};
 
 mod backoff;
+mod deliver;
 mod forwarder;
+pub mod grpc;
+pub mod http;
+pub mod nats;
+mod options;
 mod probe;
+mod upstream;
+pub mod verdict;
 
 pub(crate) use backoff::Backoff;
 use forwarder::Forwarder;
 
-pub use super::verdict::{UpstreamError, Verdict};
-
-pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, UpstreamError>> + Send>>;
-/// A probe's answer: `Err` says why the upstream is not there.
-pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-/// Where a forwarding sink delivers. Records of one call are all entries or
-/// all batches, in order; the answer has one verdict per record.
-pub trait Upstream: Send + Sync + 'static {
-    fn deliver(&self, records: Arc<[Record]>) -> UpstreamFuture;
-
-    /// Meter statuses the upstream reported for a model; see [`Sink::relay`].
-    fn relay(&self, _model_uuid: &str) -> Option<super::Relay> {
-        None
-    }
-
-    /// Whether this upstream takes entries (a Juju collector may take only
-    /// batches); a sink that does not lets them pass by.
-    fn takes_entries(&self) -> bool {
-        true
-    }
-
-    /// A cheap check that the upstream is there, with no record in it: how
-    /// pass-through health comes back with no client write. `None`: there
-    /// is none, and only the next successful delivery restores health.
-    fn probe(&self) -> Option<ProbeFuture> {
-        None
-    }
-}
-
-/// How a forwarding sink acknowledges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ForwardMode {
-    /// Ack once the record is in the local spool.
-    Spool,
-    /// Ack only once the upstream acks.
-    PassThrough,
-}
-
-/// Settings shared by every forwarding sink.
-#[derive(Clone, Debug)]
-pub struct ForwardOptions {
-    pub mode: ForwardMode,
-    /// Parent of the spool directories (one per sink).
-    pub spool_dir: std::path::PathBuf,
-    /// Above this many spooled bytes new records get RESOURCE_EXHAUSTED.
-    pub max_spool_bytes: u64,
-    /// Longest wait between two delivery attempts.
-    pub retry_max: Duration,
-    /// Timeout of one upstream call.
-    pub timeout: Duration,
-    /// Requests in flight at once per spool file (1 keeps the upstream's
-    /// order exactly the spool's).
-    pub in_flight: usize,
-    /// CA certificates (PEM) trusted by `grpc=https://` sinks, beside the
-    /// system and webpki roots.
-    pub grpc_ca_file: Option<std::path::PathBuf>,
-    /// Credential for the upstream (bearer token, NATS token).
-    pub token: Option<String>,
-    pub http: super::http::HttpOptions,
-    /// Settings of the `nats` sink.
-    pub nats: super::nats::NatsOptions,
-}
-
-impl ForwardOptions {
-    /// The spool directory of the sink `kind=target`.
-    pub fn spool_for(&self, kind: &str, target: &str) -> std::path::PathBuf {
-        self.spool_dir.join(spool_name(kind, target))
-    }
-}
-
-/// The name of a sink's spool directory: one per upstream, named after it
-/// (passwords redacted) so that a restart with the same flags finds its
-/// backlog.
-pub fn spool_name(kind: &str, target: &str) -> String {
-    let safe: String = super::redact_url(target)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{kind}-{safe}")
-}
+pub use options::{spool_name, ForwardMode, ForwardOptions, HttpOptions, NatsOptions};
+pub use upstream::{ProbeFuture, Upstream, UpstreamFuture};
+pub use verdict::{UpstreamError, Verdict};
 
 /// A sink that forwards to an upstream.
 pub struct ForwardSink {
@@ -273,7 +193,7 @@ impl Sink for ForwardSink {
         }
         let Some(s) = &self.spooled else {
             // Pass-through: the client's ack is the upstream's.
-            let call = super::deliver::deliver_now(self.upstream.clone(), records);
+            let call = deliver::deliver_now(self.upstream.clone(), records);
             let name = self.name.clone();
             let health = self.pass_through.as_ref().map(|p| p.health.clone());
             return Box::pin(async move {

@@ -23,10 +23,10 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::{Backoff, Upstream};
 use super::verdict::{Failure, UpstreamError, Verdict};
-use super::Record;
+use super::{Backoff, Upstream};
 use crate::metrics::{metrics, ForwardLabels};
+use crate::sink::Record;
 
 mod pass_through;
 #[cfg(test)]

@@ -19,41 +19,12 @@ use async_nats::{ConnectOptions, ServerAddr};
 use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 
-use super::forward::{
-    delivery_id, ForwardOptions, ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict,
+use super::{
+    delivery_id, ForwardOptions, NatsOptions, ProbeFuture, Upstream, UpstreamError, UpstreamFuture,
+    Verdict,
 };
-use super::{Body, Record};
+use crate::sink::{Body, Record};
 use subject::Template;
-
-/// Settings of the `nats` sink (the `--nats-*` flags).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NatsOptions {
-    /// The JetStream stream the subjects belong to.
-    pub stream: String,
-    /// Get or create the stream at the first successful connection.
-    pub create_stream: bool,
-    /// Replicas of a stream this sink creates.
-    pub replicas: usize,
-    /// JetStream's duplicate window of a stream this sink creates.
-    pub duplicate_window: Duration,
-    /// Subject template of entries.
-    pub entries_subject: String,
-    /// Subject template of batches.
-    pub batches_subject: String,
-}
-
-impl Default for NatsOptions {
-    fn default() -> Self {
-        NatsOptions {
-            stream: "METERING".into(),
-            create_stream: false,
-            replicas: 1,
-            duplicate_window: Duration::from_secs(120),
-            entries_subject: "metering.entries.{kind}".into(),
-            batches_subject: "metering.batches.{model_uuid}".into(),
-        }
-    }
-}
 
 /// A JetStream stream reached through a NATS client that connects in the
 /// background and reconnects by itself.
@@ -96,7 +67,7 @@ fn check(target: &str, nats: &NatsOptions) -> Result<Checked, String> {
     for url in target.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let addr: ServerAddr = url
             .parse()
-            .map_err(|e| format!("nats={}: not a NATS URL: {e}", super::redact_url(url)))?;
+            .map_err(|e| format!("nats={}: not a NATS URL: {e}", crate::sink::redact_url(url)))?;
         if addr.has_user_pass() && user_pass.is_none() {
             user_pass = Some((
                 percent_decode(addr.username().unwrap_or_default()),

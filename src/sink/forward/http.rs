@@ -16,37 +16,15 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::forward::{ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
 use super::verdict::Failure;
-use super::{MeterStatus, Record, Relay};
+use super::{HttpOptions, ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
 use crate::metrics::{metrics, SinkLabels};
+use crate::sink::{MeterStatus, Record, Relay};
 
 /// Consecutive failed sends after which the status turns AMBER.
 const AMBER_AFTER_FAILURES: u32 = 3;
 /// Largest collector response read; a bigger one is malformed.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
-
-/// Settings of the `http` sink.
-#[derive(Clone, Debug)]
-pub struct HttpOptions {
-    /// Where entries are POSTed as NDJSON; without it the sink takes only batches.
-    pub entries_url: Option<String>,
-    /// Timeout of one POST, connect included.
-    pub timeout: Duration,
-    /// How long sends may fail before the status turns RED, until the
-    /// collector sends its own `new-grace-period`.
-    pub grace_period: Duration,
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        HttpOptions {
-            entries_url: None,
-            timeout: Duration::from_secs(10),
-            grace_period: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
 
 /// A Juju-style collector.
 pub struct HttpUpstream {

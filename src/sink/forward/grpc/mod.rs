@@ -16,10 +16,10 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
-use super::forward::{delivery_id, ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
-use super::{verdict, Body, Record};
+use super::{delivery_id, verdict, ProbeFuture, Upstream, UpstreamError, UpstreamFuture, Verdict};
 use crate::pb::metering_service_client::MeteringServiceClient;
 use crate::pb::{self, EmitBatchRequest, EmitRequest, SubmitBatchRequest};
+use crate::sink::{Body, Record};
 
 mod target;
 

@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::sink::forward::verdict::{Failure, UpstreamError, Verdict};
 use crate::sink::forward::Upstream;
-use crate::sink::verdict::{Failure, UpstreamError, Verdict};
 use crate::sink::Record;
 
 /// Delivers records once, without retrying (pass-through mode: the client
