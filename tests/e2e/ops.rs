@@ -206,7 +206,7 @@ async fn beyond_the_in_flight_cap_calls_get_resource_exhausted_at_once() {
     assert_eq!(entries(dir.path()).len(), 1, "refused calls wrote nothing");
 }
 
-/// The bound stated in the README: under a flood of calls far beyond the cap,
+/// The bound stated in docs/operations.md: under a flood of calls far beyond the cap,
 /// the server stays under 64 MiB resident.
 const OVERLOAD_RSS_BOUND_KIB: u64 = 64 * 1024;
 
