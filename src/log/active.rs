@@ -15,8 +15,8 @@ use super::disk::Create;
 use super::index::{self, ActiveKeys, SealedKeys};
 use super::keys::{self, KeyIndex, Summary};
 use super::names::{Names, DATA, KEYS, TIMES};
-use super::open::{Active, Sealed};
-use super::segment::{write_keys, write_times};
+use super::segment::{cut, mtime_nanos, write_keys, write_times};
+use super::state::{Active, Sealed};
 use super::times::{self, Check, Commit, Times};
 use super::walk::Span;
 use super::{annotate, LogConfig};
@@ -308,13 +308,13 @@ fn seal_as_is(
         })
         .inc_by(r.damaged.len() as u64);
     let summary = write_keys(names, &data, first, r.count, len, &r.commits, &r.keyed)?;
-    let sha = super::seal::sha256_of(&data, len)?;
-    let new_head = super::seal::write_seal(names, first, r.count, len, sha, head, now)?;
+    let sha = super::chain::sha256_of(&data, len)?;
+    let new_head = super::chain::write_seal(names, first, r.count, len, sha, head, now)?;
     names.sync_dir()?;
     names.rename(&names.active_times(), &names.sealed(first, TIMES))?;
     names.rename(&names.active_data(), &names.sealed(first, DATA))?;
     names.sync_dir()?;
-    let cutoff = now.saturating_sub(super::open::window_nanos(config));
+    let cutoff = now.saturating_sub(super::state::window_nanos(config));
     let keys = if summary.received_max >= cutoff {
         let index = KeyIndex::open(&names.sealed(first, KEYS))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
@@ -403,36 +403,4 @@ pub(super) fn save_snapshot(
         &mut keys.entries(commits),
     )?;
     names.sync_dir()
-}
-
-/// Cuts `data` back to `keep`, saving what is cut in `<stream>.damaged`.
-pub(super) fn cut(names: &Names, data: &File, keep: u64, len: u64) -> io::Result<()> {
-    if keep >= len {
-        return Ok(());
-    }
-    let mut cut = vec![0u8; usize::try_from(len - keep).unwrap_or(0)];
-    std::os::unix::fs::FileExt::read_exact_at(data, &mut cut, keep)?;
-    let damaged = names.damaged();
-    let out = names.create(&damaged, Create::Append)?;
-    let path = names.active_data();
-    let disk = &names.disk;
-    disk.write(&out, &damaged, &cut)
-        .and_then(|()| disk.sync(&out, &damaged))
-        .map_err(|e| annotate(e, "write", &damaged))?;
-    disk.set_len(data, &path, keep)
-        .and_then(|()| disk.sync(data, &path))
-        .map_err(|e| annotate(e, "cut", &path))?;
-    tracing::warn!(
-        stream = names.stream,
-        cut_bytes = len - keep,
-        kept_in = %damaged.display(),
-        "cut bytes written after the last acknowledged record (a write a crash interrupted)"
-    );
-    Ok(())
-}
-
-pub(super) fn mtime_nanos(f: &File) -> Option<i64> {
-    let m = f.metadata().ok()?.modified().ok()?;
-    let d = m.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_nanos()).ok()
 }

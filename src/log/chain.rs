@@ -7,11 +7,14 @@
 //! (`LedgerService.Head`, `meterd verify --head`). Retention deletes a
 //! segment but keeps its seal, so the chain stays whole.
 
+use std::fs::File;
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::names::{Names, SEAL};
 
 /// The format of the seal files this meterd writes.
 pub const FORMAT: u32 = 1;
@@ -106,6 +109,56 @@ impl Seal {
 pub(crate) fn read(path: &Path) -> io::Result<(Result<Seal, String>, [u8; 32])> {
     let bytes = std::fs::read(path)?;
     Ok((Seal::parse(&bytes), link(&bytes)))
+}
+
+/// Writes the seal of segment `first`, linked to `prev`,
+/// through a synced temporary file; the caller syncs the directory.
+/// Returns the new head. Blocking.
+pub(crate) fn write_seal(
+    names: &Names,
+    first: u64,
+    count: u64,
+    len: u64,
+    sha256: [u8; 32],
+    prev: Option<Head>,
+    now: i64,
+) -> io::Result<Head> {
+    let seal = Seal {
+        format: FORMAT,
+        stream: names.stream.to_owned(),
+        first,
+        last: first + count - 1,
+        count,
+        bytes: len,
+        sha256: hex(&sha256),
+        prev_seal_sha256: prev.map(|h| h.hex()),
+        sealed_at: rfc3339(now),
+    };
+    let bytes = seal.encode();
+    names.write_file(&names.sealed(first, SEAL), &bytes)?;
+    Ok(Head {
+        last: seal.last,
+        hash: link(&bytes),
+    })
+}
+
+/// SHA-256 of `[0, len)` of `data`. Blocking.
+pub(crate) fn sha256_of(data: &File, len: u64) -> io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from(len - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = super::walk::read_at_most(data, &mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ mod recover;
 mod seal;
 mod segment;
 mod snapshot;
+mod state;
 mod syncer;
 #[doc(hidden)]
 pub mod testing;

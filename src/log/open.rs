@@ -5,57 +5,15 @@
 //! Indexes are derived from the records and rebuilt when they disagree.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
-
-use sha2::Sha256;
 
 use super::active::open_active;
 use super::chain::{self, Head, Seal};
-use super::index::{ActiveKeys, SealedKeys};
-use super::keys::Summary;
 use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
 use super::segment::{open_sealed, refuse, seal_legacy};
-use super::times::{self, Check, Commit};
+use super::state::{window_nanos, Opened, Sealed};
+use super::times::{self};
 use super::{annotate, now_nanos, LogConfig};
-
-/// A sealed segment as the writer keeps it.
-pub(crate) struct Sealed {
-    pub summary: Summary,
-    /// Bytes its records were written in, as recorded (its seal, or its
-    /// record file); the file itself may have lost or gained some.
-    pub written_len: u64,
-    /// Bytes of retained segments before this one since the log was opened.
-    pub bytes_before: u64,
-    /// Loaded while the segment is inside the dedupe window.
-    pub keys: Option<SealedKeys>,
-}
-
-/// The active segment, recovered.
-pub(crate) struct Active {
-    pub first: u64,
-    /// Shared with readers, who read it by offset.
-    pub data: std::sync::Arc<File>,
-    /// Shared with the sync helper thread.
-    pub times: std::sync::Arc<File>,
-    pub count: u64,
-    pub len: u64,
-    pub times_len: u64,
-    pub commits: Vec<Commit>,
-    pub checks: Vec<Check>,
-    pub keys: ActiveKeys,
-    /// SHA-256 of `[0, len)`, when this process has seen every byte (it is
-    /// `None` after a start that did not read the file; the seal reads it).
-    pub hash: Option<Sha256>,
-}
-
-pub(crate) struct Opened {
-    pub sealed: Vec<Sealed>,
-    pub active: Active,
-    pub active_bytes_before: u64,
-    /// The newest seal of the stream.
-    pub head: Option<Head>,
-}
 
 #[derive(Default)]
 struct Found {
@@ -306,8 +264,4 @@ fn read_seals(
 
 fn is_nonempty_file(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
-}
-
-pub(crate) fn window_nanos(config: &LogConfig) -> i64 {
-    i64::try_from(config.dedupe_window.as_nanos()).unwrap_or(i64::MAX)
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::chain::Head;
-use super::open::Opened;
+use super::state::Opened;
 use super::writer::{State, Writer};
 use super::{ActiveMeta, SegmentView, View};
 

@@ -7,7 +7,8 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
-use super::open::{self, Active};
+use super::open;
+use super::state::Active;
 use super::times;
 use super::writer::Writer;
 use super::{Fsync, LogError};

@@ -9,12 +9,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest as _, Sha256};
 
-use super::chain::{self, Head, Seal};
+use super::chain::{sha256_of, write_seal};
 use super::disk::Create;
 use super::index::SealedKeys;
 use super::keys::{self, KeyIndex, Summary};
-use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
-use super::open::{Active, Sealed};
+use super::names::{DATA, KEYS, SEAL, TIMES, USAGE};
+use super::state::{Active, Sealed};
 use super::times;
 use super::writer::Writer;
 use super::{now_nanos, ActiveMeta};
@@ -231,54 +231,4 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Writes the seal of segment `first` (see `chain.rs`), linked to `prev`,
-/// through a synced temporary file; the caller syncs the directory.
-/// Returns the new head. Blocking.
-pub(crate) fn write_seal(
-    names: &Names,
-    first: u64,
-    count: u64,
-    len: u64,
-    sha256: [u8; 32],
-    prev: Option<Head>,
-    now: i64,
-) -> io::Result<Head> {
-    let seal = Seal {
-        format: chain::FORMAT,
-        stream: names.stream.to_owned(),
-        first,
-        last: first + count - 1,
-        count,
-        bytes: len,
-        sha256: chain::hex(&sha256),
-        prev_seal_sha256: prev.map(|h| h.hex()),
-        sealed_at: chain::rfc3339(now),
-    };
-    let bytes = seal.encode();
-    names.write_file(&names.sealed(first, SEAL), &bytes)?;
-    Ok(Head {
-        last: seal.last,
-        hash: chain::link(&bytes),
-    })
-}
-
-/// SHA-256 of `[0, len)` of `data`. Blocking.
-pub(crate) fn sha256_of(data: &File, len: u64) -> io::Result<[u8; 32]> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let want = usize::try_from(len - at)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let n = super::walk::read_at_most(data, &mut buf[..want], at)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(h.finalize().into())
 }

@@ -7,12 +7,12 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 
-use super::active::{cut, mtime_nanos};
 use super::chain::{Head, Seal};
+use super::disk::Create;
 use super::index::{self, SealedKeys};
 use super::keys::{self, KeyEntry, KeyIndex, Summary};
 use super::names::{Names, DATA, KEYS, TIMES};
-use super::open::Sealed;
+use super::state::Sealed;
 use super::times::{self, Check, Commit, Times};
 use super::walk::Span;
 use super::{annotate, LogConfig};
@@ -67,8 +67,8 @@ pub(super) fn seal_legacy(names: &Names, config: &LogConfig, now: i64) -> io::Re
         &commits,
         &scanned.keyed,
     )?;
-    let sha = super::seal::sha256_of(&data, scanned.end)?;
-    super::seal::write_seal(names, first, scanned.count, scanned.end, sha, None, now)?;
+    let sha = super::chain::sha256_of(&data, scanned.end)?;
+    super::chain::write_seal(names, first, scanned.count, scanned.end, sha, None, now)?;
     let to = names.sealed(first, DATA);
     names.rename(&path, &to)?;
     names.sync_dir()?;
@@ -410,7 +410,7 @@ fn rebuild(
         .is_none_or(|t| !format_1 && (!t.fully_checked() || t.lost_groups > 0));
     let matches_seal = match &rec.seal {
         Some(s) if lost_checks => {
-            s.bytes == len && super::chain::hex(&super::seal::sha256_of(data, len)?) == s.sha256
+            s.bytes == len && super::chain::hex(&super::chain::sha256_of(data, len)?) == s.sha256
         }
         _ => false,
     };
@@ -450,9 +450,9 @@ fn rebuild(
     if let (Some(prev), None) = (backfill, &rec.seal) {
         let sha = match walked.sha256() {
             Some(h) if walked.end == len => h,
-            _ => super::seal::sha256_of(data, len)?,
+            _ => super::chain::sha256_of(data, len)?,
         };
-        head = Some(super::seal::write_seal(
+        head = Some(super::chain::write_seal(
             names,
             first,
             rec.count,
@@ -480,4 +480,36 @@ fn rebuild(
     }
     tracing::info!(stream = names.stream, first, reason = why, elapsed = ?started.elapsed(), "rebuilt the key index of a segment from its records");
     Ok((summary, head))
+}
+
+/// Cuts `data` back to `keep`, saving what is cut in `<stream>.damaged`.
+pub(super) fn cut(names: &Names, data: &File, keep: u64, len: u64) -> io::Result<()> {
+    if keep >= len {
+        return Ok(());
+    }
+    let mut cut = vec![0u8; usize::try_from(len - keep).unwrap_or(0)];
+    std::os::unix::fs::FileExt::read_exact_at(data, &mut cut, keep)?;
+    let damaged = names.damaged();
+    let out = names.create(&damaged, Create::Append)?;
+    let path = names.active_data();
+    let disk = &names.disk;
+    disk.write(&out, &damaged, &cut)
+        .and_then(|()| disk.sync(&out, &damaged))
+        .map_err(|e| annotate(e, "write", &damaged))?;
+    disk.set_len(data, &path, keep)
+        .and_then(|()| disk.sync(data, &path))
+        .map_err(|e| annotate(e, "cut", &path))?;
+    tracing::warn!(
+        stream = names.stream,
+        cut_bytes = len - keep,
+        kept_in = %damaged.display(),
+        "cut bytes written after the last acknowledged record (a write a crash interrupted)"
+    );
+    Ok(())
+}
+
+pub(super) fn mtime_nanos(f: &File) -> Option<i64> {
+    let m = f.metadata().ok()?.modified().ok()?;
+    let d = m.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_nanos()).ok()
 }

@@ -349,8 +349,8 @@ async fn a_seal_interrupted_at_any_step_is_finished_or_undone() {
             segment::write_keys(&n, &data, 1, 2, len, &t.commits, &keyed).unwrap();
         }
         if step >= 2 {
-            let sha = seal::sha256_of(&data, len).unwrap();
-            seal::write_seal(&n, 1, 2, len, sha, None, 1).unwrap();
+            let sha = chain::sha256_of(&data, len).unwrap();
+            chain::write_seal(&n, 1, 2, len, sha, None, 1).unwrap();
         }
         if step >= 3 {
             std::fs::rename(n.active_times(), n.sealed(1, names::TIMES)).unwrap();

@@ -298,7 +298,7 @@ fn check_segment(names: &Names, first: u64, seal: &Seal, r: &mut Report) -> io::
     }
     let sha = match walked.sha256() {
         Some(h) if walked.end == len => h,
-        _ => super::seal::sha256_of(&data, len)?,
+        _ => super::chain::sha256_of(&data, len)?,
     };
     if len != seal.bytes || chain::hex(&sha) != seal.sha256 {
         r.failures.push(Failure {

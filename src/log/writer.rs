@@ -19,7 +19,7 @@ use super::chain::Head;
 use super::index::{self, LookupError, SealedKeys};
 use super::keys::KeyIndex;
 use super::names::{DATA, KEYS};
-use super::open::{self, Active, Opened, Sealed};
+use super::state::{self, Active, Opened, Sealed};
 use super::times::{self, Check, Commit};
 use super::{
     annotate, now_nanos, ActiveMeta, Append, Appended, Fsync, LogConfig, LogError, LogRecord,
@@ -178,7 +178,7 @@ impl Writer {
     }
 
     pub(super) fn window(&self) -> i64 {
-        open::window_nanos(&self.config)
+        state::window_nanos(&self.config)
     }
 
     /// The receive time of the group being written: now, never earlier
