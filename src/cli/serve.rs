@@ -188,8 +188,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config,
     } = prepare(&args)?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    // The first sink's ledger that keeps one is what LedgerService reads.
+    let mut ledger = None;
     for spec in args.sinks() {
-        sinks.push(sink::build(spec, &build).await?);
+        let built = sink::build(spec, &build).await?;
+        sinks.push(built.sink);
+        ledger = ledger.or(built.ledger);
         match spec {
             SinkSpec::Jsonl(dir) => {
                 let dir = dir.as_ref().unwrap_or(&build.ledger.dir);
@@ -235,7 +239,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         [config.auth.clone(), config.reader_auth.clone()],
         sink.clone(),
     ));
-    let result = server::run(listeners, config, sink, shutdown).await;
+    let result = server::run(listeners, config, sink, ledger, shutdown).await;
     stop_metrics.cancel();
     result
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::log::{annotate, write_atomically, Fsync};
-use crate::log::{KeyOf, Log, LogConfig, Unreadable};
+use crate::log::{KeyOf, Log, LogConfig, LogRecord, Unreadable};
 use crate::record::{content_key, Record};
 
 /// Active file of lifecycle entries, byte-compatible with the Go package's file backend.
@@ -208,6 +208,19 @@ fn batch_key_fast(line: &[u8]) -> Result<Option<Cow<'_, str>>, Unreadable> {
             .map(|id| Some(Cow::Borrowed(id)))
             .map_err(|_| Unreadable),
         _ => batch_key(line),
+    }
+}
+
+/// How a log of the ledger sees a record: its dedupe key and its line.
+/// Here rather than beside `Record`, so that the record type imports
+/// nothing of the layers that store it.
+impl LogRecord for Record {
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    fn line(&self) -> &[u8] {
+        &self.line
     }
 }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use super::{Entry, MetricBatch};
-use crate::log::LogRecord;
 
 /// A validated record with its Go-compatible JSON line.
 #[derive(Clone)]
@@ -140,16 +139,6 @@ pub fn content_key(line: &[u8]) -> Box<str> {
         key.push(char::from(HEX[usize::from(b & 15)]));
     }
     key.into()
-}
-
-impl LogRecord for Record {
-    fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-
-    fn line(&self) -> &[u8] {
-        &self.line
-    }
 }
 
 #[cfg(test)]

@@ -353,15 +353,17 @@ impl tonic::service::Interceptor for Interceptor {
 
 /// Serves on every listener until `shutdown` resolves; then stops accepting,
 /// lets in-flight calls finish (up to the grace period), closes the sink
-/// (syncing the ledger) and returns.
+/// (syncing the ledger) and returns. `kept` is the ledger the sink writes,
+/// which `LedgerService` reads (`None`: a forwarding-only server, whose
+/// `LedgerService` calls fail with `FAILED_PRECONDITION`).
 pub async fn run(
     listeners: Vec<Listener>,
     config: Config,
     sink: Arc<dyn Sink>,
+    kept: Option<Arc<crate::ledger::Ledger>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let kept = sink.ledger();
     let health = health::Health::new(reporter, kept.is_some(), sink.health()).await;
     let shared = Arc::new(Shared {
         sink: sink.clone(),

@@ -84,11 +84,6 @@ impl Sink for Fanout {
         self.sinks.iter().flat_map(|s| s.health()).collect()
     }
 
-    /// The first sink's ledger that has one.
-    fn ledger(&self) -> Option<Arc<crate::ledger::Ledger>> {
-        self.sinks.iter().find_map(|s| s.ledger())
-    }
-
     /// Closes every sink, also when one fails to.
     fn close(&self) -> SinkFuture<()> {
         let calls: Vec<_> = self.sinks.iter().map(|s| s.close()).collect();

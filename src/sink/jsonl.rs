@@ -98,10 +98,6 @@ impl Sink for JsonlSink {
         ledger_health("jsonl", &self.ledger)
     }
 
-    fn ledger(&self) -> Option<Arc<Ledger>> {
-        Some(self.ledger.clone())
-    }
-
     fn close(&self) -> SinkFuture<()> {
         let ledger = self.ledger.clone();
         Box::pin(async move {

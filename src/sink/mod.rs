@@ -15,7 +15,7 @@ pub mod stderr;
 
 pub use crate::record::{Body, Outcome, Record};
 pub(crate) use spec::redact_url;
-pub use spec::{build, BuildConfig, SinkSpec, SinkSpecs};
+pub use spec::{build, BuildConfig, Built, SinkSpec, SinkSpecs};
 
 /// Why a sink could not take records. Nothing in the failed call counts as
 /// recorded; the caller may retry.
@@ -69,11 +69,6 @@ pub trait Sink: Send + Sync + 'static {
     /// recovers with no client write. Default: nothing to watch.
     fn health(&self) -> Vec<SinkHealth> {
         Vec::new()
-    }
-
-    /// The ledger this sink writes, for `LedgerService` to read. Default: none.
-    fn ledger(&self) -> Option<Arc<crate::ledger::Ledger>> {
-        None
     }
 
     /// Makes everything taken so far durable and stops. Called once at shutdown.

@@ -137,9 +137,17 @@ pub struct BuildConfig {
     pub forward: forward::ForwardOptions,
 }
 
+/// A sink built, and the ledger it writes if it keeps one (for
+/// `LedgerService` to read): handed to the server beside the sink, never
+/// reached through it.
+pub struct Built {
+    pub sink: Arc<dyn Sink>,
+    pub ledger: Option<Arc<crate::ledger::Ledger>>,
+}
+
 /// Builds one sink.
-pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink>, String> {
-    Ok(match spec {
+pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Built, String> {
+    let sink: Arc<dyn Sink> = match spec {
         SinkSpec::Jsonl(dir) => {
             let mut ledger = config.ledger.clone();
             if let Some(dir) = dir {
@@ -148,7 +156,11 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
             let sink = jsonl::JsonlSink::open(ledger)
                 .await
                 .map_err(|e| format!("jsonl sink: {e}"))?;
-            Arc::new(sink)
+            let ledger = Some(sink.ledger().clone());
+            return Ok(Built {
+                sink: Arc::new(sink),
+                ledger,
+            });
         }
         SinkSpec::Stderr => Arc::new(stderr::StderrSink),
         SinkSpec::Nop => Arc::new(nop::NopSink),
@@ -189,5 +201,6 @@ pub async fn build(spec: &SinkSpec, config: &BuildConfig) -> Result<Arc<dyn Sink
                 .map_err(|e| format!("sink {spec}: spool: {e}"))?;
             Arc::new(sink)
         }
-    })
+    };
+    Ok(Built { sink, ledger: None })
 }

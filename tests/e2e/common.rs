@@ -76,10 +76,25 @@ impl Server {
     /// A server over a ledger opened with `ledger` (tiny segments, retention...).
     pub async fn with_ledger(ledger: LedgerConfig, config: server::Config) -> Server {
         let sink = JsonlSink::open(ledger).await.expect("open ledger");
-        Self::with_sink(Arc::new(sink), config).await
+        Self::with_jsonl(Arc::new(sink), config).await
     }
 
+    /// A server over a JSONL sink, whose ledger `LedgerService` reads.
+    pub async fn with_jsonl(sink: Arc<JsonlSink>, config: server::Config) -> Server {
+        let ledger = Some(sink.ledger().clone());
+        Self::with_sink_and_ledger(sink, ledger, config).await
+    }
+
+    /// A server over a sink that keeps no ledger.
     pub async fn with_sink(sink: Arc<dyn Sink>, config: server::Config) -> Server {
+        Self::with_sink_and_ledger(sink, None, config).await
+    }
+
+    pub async fn with_sink_and_ledger(
+        sink: Arc<dyn Sink>,
+        ledger: Option<Arc<meterd::ledger::Ledger>>,
+        config: server::Config,
+    ) -> Server {
         let listener = Listener::bind(&ListenAddr::Tcp("127.0.0.1:0".into()), 0o660)
             .await
             .expect("bind");
@@ -89,7 +104,7 @@ impl Server {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server::run(vec![listener], config, sink, async {
+            server::run(vec![listener], config, sink, ledger, async {
                 let _ = stopped.await;
             })
             .await

@@ -128,7 +128,7 @@ async fn dedupe_window_is_measured_on_receive_time() {
     stale.emitted_at = Some(old);
 
     let sink = Arc::new(JsonlSink::open(cfg.clone()).await.unwrap());
-    let server = Server::with_sink(sink, server::Config::default()).await;
+    let server = Server::with_jsonl(sink, server::Config::default()).await;
     let mut client = server.client().await;
     assert!(
         !client
@@ -149,7 +149,7 @@ async fn dedupe_window_is_measured_on_receive_time() {
     server.stop().await;
 
     let sink = Arc::new(JsonlSink::open(cfg).await.unwrap());
-    let server = Server::with_sink(sink, server::Config::default()).await;
+    let server = Server::with_jsonl(sink, server::Config::default()).await;
     let mut client = server.client().await;
     // The window is wall time since the record was received: wait it out.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -344,7 +344,7 @@ async fn every_fsync_policy_records_every_acknowledged_entry() {
         let mut cfg = ledger_config(dir.path());
         cfg.fsync = policy;
         cfg.fsync_interval = std::time::Duration::from_millis(10);
-        crate::sinks::exercise(Arc::new(JsonlSink::open(cfg).await.unwrap())).await;
+        crate::sinks::exercise_jsonl(Arc::new(JsonlSink::open(cfg).await.unwrap())).await;
         assert_eq!(entries(dir.path()).len(), 200, "{policy:?}");
     }
 }

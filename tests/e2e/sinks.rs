@@ -18,7 +18,17 @@ use crate::submit_batch::{acks, submit_all};
 
 /// Emits 200 entries concurrently and one batch; every call must be acked.
 pub async fn exercise(sink: Arc<dyn Sink>) {
-    let server = Server::with_sink(sink, server::Config::default()).await;
+    exercise_with(sink, None).await
+}
+
+/// [`exercise`] of a JSONL sink, its ledger served to readers.
+pub async fn exercise_jsonl(sink: Arc<JsonlSink>) {
+    let ledger = Some(sink.ledger().clone());
+    exercise_with(sink, ledger).await
+}
+
+async fn exercise_with(sink: Arc<dyn Sink>, ledger: Option<Arc<meterd::ledger::Ledger>>) {
+    let server = Server::with_sink_and_ledger(sink, ledger, server::Config::default()).await;
     let client = server.client().await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
@@ -60,7 +70,7 @@ async fn capture_keeps_every_record_with_the_ledger_bytes() {
 #[tokio::test]
 async fn jsonl_nop_and_stderr_ack_every_record() {
     let dir = tempfile::tempdir().unwrap();
-    exercise(Arc::new(
+    exercise_jsonl(Arc::new(
         JsonlSink::open(ledger_config(dir.path())).await.unwrap(),
     ))
     .await;
@@ -74,10 +84,11 @@ async fn fanout_acks_once_every_sink_has_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let capture = CaptureSink::new();
     let jsonl = Arc::new(JsonlSink::open(ledger_config(dir.path())).await.unwrap());
-    exercise(Arc::new(Fanout::new(vec![
-        jsonl,
-        Arc::new(capture.clone()),
-    ])))
+    let ledger = Some(jsonl.ledger().clone());
+    exercise_with(
+        Arc::new(Fanout::new(vec![jsonl, Arc::new(capture.clone())])),
+        ledger,
+    )
     .await;
     let ledger: Vec<Vec<u8>> = entries(dir.path())
         .into_iter()
@@ -99,9 +110,10 @@ async fn fanout_with_a_failing_sink_answers_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("/dev/full", dir.path().join(meterd::ledger::ENTRIES_FILE)).unwrap();
     let jsonl = Arc::new(JsonlSink::open(ledger_config(dir.path())).await.unwrap());
+    let ledger = Some(jsonl.ledger().clone());
     let fanout = Arc::new(Fanout::new(vec![Arc::new(CaptureSink::new()), jsonl]));
     assert_eq!(fanout.name(), "capture+jsonl");
-    let server = Server::with_sink(fanout, server::Config::default()).await;
+    let server = Server::with_sink_and_ledger(fanout, ledger, server::Config::default()).await;
     let mut client = server.client().await;
     let status = client
         .emit(emit_req(vm_entry("vm-1", "x")))
