@@ -1,18 +1,83 @@
 //! The client side of the command line: `meterd emit` and `meterd health`,
 //! and the connection and token helpers `tail` and `usage` share.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Args;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::{EmitArgs, HealthArgs};
+use super::{parse_size, DEFAULT_LISTEN};
 use crate::addr::ListenAddr;
 use crate::pb::metering_service_client::MeteringServiceClient;
 use crate::pb::{EmitRequest, Entry, Reason, Shape};
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Server address: HOST:PORT or unix:/path.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "METERD_ADDR")]
+    pub addr: ListenAddr,
+    /// Service to ask about ("" is the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Bearer token, when the server requires one for health (--auth-all-services).
+    #[arg(
+        long,
+        env = "METERD_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File whose first line is the bearer token (keeps it out of the process list).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    /// Server address: HOST:PORT or unix:/path.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "METERD_ADDR")]
+    pub addr: ListenAddr,
+    /// vm.compute.start|stop, vm.storage.start|stop, snap.storage.start|stop.
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long)]
+    pub vm_id: Option<String>,
+    #[arg(long)]
+    pub snapshot_id: Option<String>,
+    #[arg(long)]
+    pub source_snapshot_id: Option<String>,
+    /// boot, restart, clone, restore, hibernate-wake, stop-user, stop-crash, vm-rm, snap-rm.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub hypervisor: Option<String>,
+    /// vCPUs.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: i64,
+    /// Memory: bytes, or a size such as 4GiB or 512MiB.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub mem: i64,
+    /// Storage: bytes, or a size such as 10GiB.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub storage: i64,
+    /// Idempotency key: a retry with the same id is recorded once.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "METERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
 
 /// Connects to a server over TCP or a Unix socket; every call on the
 /// channel gives up after `timeout`, as connecting does.

@@ -19,6 +19,35 @@ struct Prepared {
 }
 
 fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
+    check_sinks(args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(Tls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?)),
+        _ => None,
+    };
+    let auth = match &args.auth_token_file {
+        Some(path) => Auth::from_file(path.clone())?,
+        None => Auth::none(),
+    };
+    let reader_auth = match &args.reader_token_file {
+        Some(path) => Auth::from_file_of("--reader-token-file", path.clone())?,
+        None => Auth::none(),
+    };
+    let ledger = ledger_config(args);
+    ledger.check()?;
+    let forward = forward_options(args, &ledger)?;
+    Ok(Prepared {
+        sinks: BuildConfig { ledger, forward },
+        config: server_config(args, tls, auth, reader_auth)?,
+    })
+}
+
+/// Checks the `--sink` specs and the flags of the forwarding sinks that can
+/// be checked on their own.
+fn check_sinks(args: &ServeArgs) -> Result<(), String> {
     for spec in args.sinks() {
         if let SinkSpec::Forward(kind, target) = spec {
             match kind.as_str() {
@@ -58,24 +87,17 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             ));
         }
     }
-    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(Tls::load(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: args.tls_client_ca.clone(),
-        })?)),
-        _ => None,
-    };
-    let auth = match &args.auth_token_file {
-        Some(path) => Auth::from_file(path.clone())?,
-        None => Auth::none(),
-    };
-    let reader_auth = match &args.reader_token_file {
-        Some(path) => Auth::from_file_of("--reader-token-file", path.clone())?,
-        None => Auth::none(),
-    };
-    let ledger = LedgerConfig {
+    Ok(())
+}
+
+/// A duration flag where 0s means "off".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// The ledger the `jsonl` sinks write (not yet checked).
+fn ledger_config(args: &ServeArgs) -> LedgerConfig {
+    LedgerConfig {
         dir: args.ledger.clone().unwrap_or_else(default_ledger_dir),
         fsync: args.fsync,
         fsync_interval: args.fsync_interval,
@@ -85,8 +107,12 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
         retention: nonzero(args.retention),
         retention_bytes: u64::try_from(args.retention_bytes).ok().filter(|b| *b > 0),
         keep_seals: true,
-    };
-    ledger.check()?;
+    }
+}
+
+/// What the forwarding sinks are built with (their spools under the
+/// ledger's directory by default); checks the `nats` sinks against it.
+fn forward_options(args: &ServeArgs, ledger: &LedgerConfig) -> Result<ForwardOptions, String> {
     let token = match &args.upstream_token_file {
         Some(path) => Some(super::client::read_token("--upstream-token-file", path)?),
         None => None,
@@ -125,41 +151,49 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, String> {
             }
         }
     }
-    Ok(Prepared {
-        sinks: BuildConfig { ledger, forward },
-        config: server::Config {
-            limits: Limits {
-                max_id_len: args.max_id_len,
-                max_string_len: args.max_string_len,
-                max_batches_per_request: args.max_batches_per_request,
-                max_entries_per_request: args.max_entries_per_request,
-                max_metrics_per_batch: args.max_metrics_per_batch,
-                max_labels_per_metric: args.max_labels_per_metric,
-                max_credential_bytes: args.max_credential_bytes,
-                max_clock_skew: args.max_clock_skew,
-            },
-            max_message_bytes: args.max_message_bytes,
-            shutdown_grace: args.shutdown_grace,
-            max_in_flight: args.max_in_flight as usize,
-            max_queue_bytes: byte_budget("--max-queue-bytes", args.max_queue_bytes)?,
-            max_in_flight_bytes: byte_budget("--max-in-flight-bytes", args.max_in_flight_bytes)?,
-            message_read_timeout: args.message_read_timeout,
-            max_streams_per_connection: args.max_streams_per_connection,
-            max_usage_calls: args.max_usage_calls as usize,
-            max_connections: args.max_connections as usize,
-            handshake_timeout: nonzero(args.handshake_timeout)
-                .ok_or("--handshake-timeout: must be more than 0s")?,
-            idle_timeout: nonzero(args.idle_timeout),
-            http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
-            http2_keepalive_timeout: args.http2_keepalive_timeout,
-            tcp_keepalive: nonzero(args.tcp_keepalive),
-            max_connection_age: nonzero(args.max_connection_age),
-            tls,
-            max_tls_handshakes: args.max_tls_handshakes as usize,
-            auth,
-            reader_auth,
-            auth_all_services: args.auth_all_services,
+    Ok(forward)
+}
+
+/// The server's settings from the flags, with the TLS files and tokens
+/// already loaded.
+fn server_config(
+    args: &ServeArgs,
+    tls: Option<Arc<Tls>>,
+    auth: Auth,
+    reader_auth: Auth,
+) -> Result<server::Config, String> {
+    Ok(server::Config {
+        limits: Limits {
+            max_id_len: args.max_id_len,
+            max_string_len: args.max_string_len,
+            max_batches_per_request: args.max_batches_per_request,
+            max_entries_per_request: args.max_entries_per_request,
+            max_metrics_per_batch: args.max_metrics_per_batch,
+            max_labels_per_metric: args.max_labels_per_metric,
+            max_credential_bytes: args.max_credential_bytes,
+            max_clock_skew: args.max_clock_skew,
         },
+        max_message_bytes: args.max_message_bytes,
+        shutdown_grace: args.shutdown_grace,
+        max_in_flight: args.max_in_flight as usize,
+        max_queue_bytes: byte_budget("--max-queue-bytes", args.max_queue_bytes)?,
+        max_in_flight_bytes: byte_budget("--max-in-flight-bytes", args.max_in_flight_bytes)?,
+        message_read_timeout: args.message_read_timeout,
+        max_streams_per_connection: args.max_streams_per_connection,
+        max_usage_calls: args.max_usage_calls as usize,
+        max_connections: args.max_connections as usize,
+        handshake_timeout: nonzero(args.handshake_timeout)
+            .ok_or("--handshake-timeout: must be more than 0s")?,
+        idle_timeout: nonzero(args.idle_timeout),
+        http2_keepalive_interval: nonzero(args.http2_keepalive_interval),
+        http2_keepalive_timeout: args.http2_keepalive_timeout,
+        tcp_keepalive: nonzero(args.tcp_keepalive),
+        max_connection_age: nonzero(args.max_connection_age),
+        tls,
+        max_tls_handshakes: args.max_tls_handshakes as usize,
+        auth,
+        reader_auth,
+        auth_all_services: args.auth_all_services,
     })
 }
 

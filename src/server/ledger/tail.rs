@@ -17,7 +17,7 @@ use crate::ledger::Ledger;
 use crate::log::{Log, LogReader};
 use crate::pb::{TailRequest, TailResponse};
 use crate::read::tail::{chunk, Request, Stream};
-use crate::record::Record;
+use crate::wire::Record;
 
 /// The response stream handed to tonic.
 pub type ResponseStream =
