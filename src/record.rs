@@ -10,11 +10,9 @@ use time::OffsetDateTime;
 use crate::pb;
 
 mod check;
-mod encoded;
 mod names;
 
 pub use check::Check;
-pub use encoded::{content_key, Body, Outcome, Record};
 pub use names::{Kind, Reason};
 
 /// Resources at an endpoint; all values are non-negative.

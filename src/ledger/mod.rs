@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use crate::log::{annotate, write_atomically, Fsync};
 use crate::log::{KeyOf, Log, LogConfig, LogRecord, Unreadable};
-use crate::record::{content_key, Record};
+use crate::wire::{content_key, Record};
 
 /// Active file of lifecycle entries, byte-compatible with the Go package's file backend.
 pub const ENTRIES_FILE: &str = "entries.jsonl";

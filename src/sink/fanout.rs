@@ -5,7 +5,7 @@
 //! several fail), and the record stays written where it succeeded; nothing
 //! is rolled back, since a sink's write cannot be taken back. The client's
 //! retry (same entry `id` or batch uuid; an entry without an id carries its
-//! content key, see [`crate::record::content_key`]) is then written once
+//! content key, see [`crate::wire::content_key`]) is then written once
 //! everywhere: the sinks that have it answer "duplicate" (they de-duplicate
 //! by key), the one that failed writes it, and the call answers OK with
 //! `duplicate` set. Sinks that do not de-duplicate (`stderr`, `capture`,

@@ -13,9 +13,21 @@ pub mod nop;
 mod spec;
 pub mod stderr;
 
-pub use crate::record::{Body, Outcome, Record};
+pub use crate::wire::{Body, Record};
 pub(crate) use spec::redact_url;
 pub use spec::{build, BuildConfig, Built, SinkSpec, SinkSpecs};
+
+/// What became of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Newly recorded.
+    Written,
+    /// Already recorded earlier (same key within the dedupe window); not written again.
+    Duplicate,
+    /// Refused for good by an upstream that acks for the client
+    /// (pass-through forwarding), with its reason.
+    Rejected(Arc<str>),
+}
 
 /// Why a sink could not take records. Nothing in the failed call counts as
 /// recorded; the caller may retry.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::ledger::{annotate, write_atomically, Ledger, LedgerConfig};
 use crate::log::{Log, LogLine, LogReader, ReadError};
-use crate::record::Record;
+use crate::wire::Record;
 use crate::wire::{decode_batch, decode_entry};
 
 /// Most bytes read for one window (a longer record still comes whole).

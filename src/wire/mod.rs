@@ -214,6 +214,8 @@ pub fn string(s: &str, out: &mut Vec<u8>) {
 
 mod decode;
 mod fields;
+mod record;
 pub mod rfc3339;
 pub use decode::{decode_batch, decode_entry, DecodeError};
 pub use fields::{entry_fields, EntryFields};
+pub use record::{content_key, Body, Record};

@@ -1,10 +1,8 @@
-//! A validated record, encoded once at the edge, and what became of it.
+//! A validated record, encoded once at the edge.
 //! Every sink writes the same bytes, no sink encodes under a lock, and the
 //! log below the ledger and the spools sees only the line and its key.
 
-use std::sync::Arc;
-
-use super::{Entry, MetricBatch};
+use crate::record::{Entry, MetricBatch};
 
 /// A validated record with its Go-compatible JSON line.
 #[derive(Clone)]
@@ -42,25 +40,13 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// What became of one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Newly recorded.
-    Written,
-    /// Already recorded earlier (same key within the dedupe window); not written again.
-    Duplicate,
-    /// Refused for good by an upstream that acks for the client
-    /// (pass-through forwarding), with its reason.
-    Rejected(Arc<str>),
-}
-
 // === impl Record ===
 
 impl Record {
     /// Encodes a validated entry once, for every sink.
     pub fn entry(entry: Entry) -> Record {
         let mut line = Vec::with_capacity(256);
-        crate::wire::entry_line(&entry, &mut line);
+        super::entry_line(&entry, &mut line);
         let key = if entry.id.is_empty() {
             content_key(&line)
         } else {
@@ -76,7 +62,7 @@ impl Record {
     /// Encodes a validated batch once, for every sink.
     pub fn batch(batch: MetricBatch) -> Record {
         let mut line = Vec::with_capacity(512 + 128 * batch.metrics.len());
-        crate::wire::batch_line(&batch, &mut line);
+        super::batch_line(&batch, &mut line);
         Record {
             key: Some(batch.uuid.as_str().into()),
             line,
@@ -106,7 +92,7 @@ impl Record {
     pub fn batch_body(&self) -> Option<std::borrow::Cow<'_, MetricBatch>> {
         match &self.body {
             Body::Batch(b) => Some(std::borrow::Cow::Borrowed(b)),
-            Body::BatchLine => crate::wire::decode_batch(&self.line)
+            Body::BatchLine => super::decode_batch(&self.line)
                 .ok()
                 .map(std::borrow::Cow::Owned),
             Body::Entry(_) => None,

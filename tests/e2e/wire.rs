@@ -107,7 +107,7 @@ fn recovery_reader_accepts_go_lines_with_zone_offsets() {
         let key = meterd::ledger::entry_key(line.as_bytes())
             .unwrap()
             .expect("a content key");
-        assert_eq!(&*key, &*meterd::record::content_key(line.as_bytes()));
+        assert_eq!(&*key, &*meterd::wire::content_key(line.as_bytes()));
         assert!(key.starts_with("h-"), "{key}");
         let framed = format!("{line}\n");
         assert_eq!(

@@ -302,6 +302,6 @@ impl Sink for ForwardSink {
 pub fn delivery_id(record: &Record) -> String {
     match &record.key {
         Some(k) => k.to_string(),
-        None => crate::record::content_key(&record.line).into(),
+        None => crate::wire::content_key(&record.line).into(),
     }
 }
