@@ -23,14 +23,21 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
+    /// With `METERD_REQUIRE_TMPFS=1` (set by `scripts/test` when it runs as
+    /// root, as CI does) a tmpfs that cannot be mounted fails the test
+    /// instead of skipping it: a test that cannot fail where it should run
+    /// proves nothing.
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
+        let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+            .status();
+        let ok = status.as_ref().is_ok_and(|s| s.success());
+        if !ok && std::env::var_os("METERD_REQUIRE_TMPFS").is_some_and(|v| v == "1") {
+            panic!("METERD_REQUIRE_TMPFS=1 but mounting a tmpfs failed: {status:?}");
+        }
         ok.then_some(Tmpfs { dir })
     }
 
