@@ -102,7 +102,17 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("meterd");
-        let m = Metrics {
+        let m = Metrics::unregistered();
+        m.register_records(&mut registry);
+        m.register_ledger(&mut registry);
+        m.register_limits(&mut registry);
+        m.register_forward(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Every metric, new and in no registry yet.
+    fn unregistered() -> Self {
+        Metrics {
             requests: Family::default(),
             accepted: Family::default(),
             rejected: Family::default(),
@@ -133,138 +143,153 @@ impl Metrics {
             collector_status: Family::default(),
             sink_healthy: Family::default(),
             registry: Registry::default(),
-        };
+        }
+    }
+
+    /// Registers the RPC and record counters (and sink health).
+    fn register_records(&self, registry: &mut Registry) {
         registry.register(
             "sink_healthy",
             "1 while a sink takes writes, 0 while it fails (probed every second)",
-            m.sink_healthy.clone(),
+            self.sink_healthy.clone(),
         );
         registry.register(
             "requests",
             "Finished RPCs by method and gRPC status code",
-            m.requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "records_accepted",
             "Records accepted by type, kind and reason",
-            m.accepted.clone(),
+            self.accepted.clone(),
         );
         registry.register(
             "records_rejected",
             "Records rejected by type and the field that broke a rule",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
         registry.register(
             "duplicates_skipped",
             "Records already in the ledger, acknowledged again and not rewritten",
-            m.duplicates.clone(),
+            self.duplicates.clone(),
         );
+    }
+
+    /// Registers the ledger metrics.
+    fn register_ledger(&self, registry: &mut Registry) {
         registry.register(
             "ledger_written_bytes",
             "Bytes appended to the ledger by file",
-            m.ledger_bytes.clone(),
+            self.ledger_bytes.clone(),
         );
         registry.register(
             "ledger_sync_seconds",
             "Time spent in one ledger fdatasync",
-            m.sync_seconds.clone(),
+            self.sync_seconds.clone(),
         );
         registry.register(
             "ledger_seal_seconds",
             "Time to seal the active file into a segment (index, seal, renames)",
-            m.seal_seconds.clone(),
+            self.seal_seconds.clone(),
         );
         registry.register(
             "ledger_damaged_records",
             "Records found damaged on disk (they do not match the checksum written with them), by stream file; readers get DATA_LOSS for them",
-            m.damaged_records.clone(),
+            self.damaged_records.clone(),
         );
         registry.register(
             "ledger_group_commit_records",
             "Records written and synced together in one group commit",
-            m.group_records.clone(),
+            self.group_records.clone(),
         );
+    }
+
+    /// Registers the in-flight, queue and connection metrics.
+    fn register_limits(&self, registry: &mut Registry) {
         registry.register(
             "in_flight_requests",
             "Calls and streams being served now",
-            m.in_flight.clone(),
+            self.in_flight.clone(),
         );
         registry.register(
             "queue_bytes",
             "Bytes of records handed to the sinks and not yet written (bounded by --max-queue-bytes)",
-            m.queue_bytes.clone(),
+            self.queue_bytes.clone(),
         );
         registry.register(
             "in_flight_bytes",
             "Bytes of SubmitBatch/EmitBatch messages read and not yet queued (bounded by --max-in-flight-bytes)",
-            m.in_flight_bytes.clone(),
+            self.in_flight_bytes.clone(),
         );
         registry.register(
             "connections_open",
             "Client connections open now, over every listener (bounded by --max-connections)",
-            m.connections_open.clone(),
+            self.connections_open.clone(),
         );
         registry.register(
             "connections_refused",
             "Connections closed at accept because --max-connections were open",
-            m.connections_refused.clone(),
+            self.connections_refused.clone(),
         );
         registry.register(
             "connections_handshake_timed_out",
             "Connections closed for not sending the HTTP/2 preface within --handshake-timeout",
-            m.connections_handshake_timed_out.clone(),
+            self.connections_handshake_timed_out.clone(),
         );
         registry.register(
             "connections_idle_closed",
             "Connections closed after --idle-timeout without a call",
-            m.connections_idle_closed.clone(),
+            self.connections_idle_closed.clone(),
         );
         registry.register(
             "in_flight_refused",
             "Request messages refused for want of room in --max-in-flight-bytes, or arriving slower than --message-read-timeout",
-            m.in_flight_refused.clone(),
+            self.in_flight_refused.clone(),
         );
+    }
+
+    /// Registers the forwarding sinks' metrics.
+    fn register_forward(&self, registry: &mut Registry) {
         registry.register(
             "forward_backlog_records",
             "Records in a forwarding sink's spool not yet acknowledged upstream",
-            m.backlog_records.clone(),
+            self.backlog_records.clone(),
         );
         registry.register(
             "forward_backlog_bytes",
             "Bytes in a forwarding sink's spool not yet acknowledged upstream",
-            m.backlog_bytes.clone(),
+            self.backlog_bytes.clone(),
         );
         registry.register(
             "forward_oldest_pending_seconds",
             "Age (by its own time) of the oldest record waiting in a spool; 0 when caught up",
-            m.oldest_pending_seconds.clone(),
+            self.oldest_pending_seconds.clone(),
         );
         registry.register(
             "forward_delivered",
             "Records acknowledged by the upstream",
-            m.delivered.clone(),
+            self.delivered.clone(),
         );
         registry.register(
             "forward_retries",
             "Delivery attempts that failed and will be retried",
-            m.retries.clone(),
+            self.retries.clone(),
         );
         registry.register(
             "forward_dead_lettered",
             "Records the upstream rejected for good, moved to dead-letter.jsonl",
-            m.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         registry.register(
             "forward_quarantined",
             "Unreadable spool records moved to quarantine.jsonl",
-            m.quarantined.clone(),
+            self.quarantined.clone(),
         );
         registry.register(
             "forward_collector_status",
             "Meter status of an http (Juju collector) sink: 0 GREEN, 1 AMBER (3 failed sends), 2 RED (grace period exceeded)",
-            m.collector_status.clone(),
+            self.collector_status.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// The registry in the Prometheus/OpenMetrics text format.

@@ -7,7 +7,7 @@ use crate::record::Invalid;
 use crate::usage::{Query, Report, SeedError, UnixNanos, Usage};
 
 use super::build::{ActiveStats, Plan};
-use super::checkpoint;
+use super::checkpoint::{self, Meta};
 use super::{pending, scan, ReadError, Source};
 
 /// How a query was answered (for logs, tests and the benchmark).
@@ -60,28 +60,12 @@ pub fn answer(
     upto: u64,
 ) -> Result<Answer, AnswerError> {
     let n = plan.segments.len();
-    // suffix_min[j]: the earliest emitted_at known in segments j.. (segments
-    // without a checkpoint count as unknown, left to the engine's check).
-    let mut suffix_min = vec![UnixNanos::MAX; n + 1];
-    for j in (0..n).rev() {
-        let own = plan.metas[j].map_or(UnixNanos::MAX, |m| m.min_emitted);
-        suffix_min[j] = suffix_min[j + 1].min(own);
-    }
+    let suffix_min = suffix_min(plan);
     let mut excluded = vec![false; n];
     let mut limit = UnixNanos::MAX;
     let mut stats = Stats::default();
     loop {
-        let best = (0..n).rev().find(|&k| {
-            plan.metas[k].is_some_and(|m| {
-                !excluded[k]
-                    && m.before <= query.start
-                    && m.before <= limit
-                    && query
-                        .as_of
-                        .is_none_or(|a| UnixNanos::from(m.received_max) <= a)
-                    && suffix_min[k + 1] >= m.before
-            })
-        });
+        let best = best_checkpoint(plan, query, &suffix_min, &excluded, limit);
         let mut usage = Usage::new(query.clone())?;
         stats.records = 0;
         stats.skipped = 0;
@@ -89,107 +73,20 @@ pub fn answer(
         let mut after = plan.from - 1;
         stats.checkpoint = None;
         if let Some((k, meta)) = best.and_then(|k| Some((k, plan.metas[k]?))) {
-            let path = source.checkpoint_path(meta.first);
-            let body = match checkpoint::read_body(&path, &meta) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "usage checkpoint unreadable; using another");
-                    excluded[k] = true;
-                    continue;
-                }
+            let Some(seeded) = seed(source, &meta, &mut usage, &mut stats)? else {
+                excluded[k] = true;
+                continue;
             };
-            usage.seed(body.state).map_err(inconsistent)?;
-            after = meta.first + meta.count - 1;
-            // Pending records are at or after `before`: never stale.
-            let records = &mut stats.records;
-            pending::entries(
-                source,
-                &body.pending,
-                meta.before,
-                after,
-                |position, received, e| {
-                    *records += 1;
-                    usage.push_ref(position, UnixNanos::from(received), e)
-                },
-            )?
-            .map_err(inconsistent)?;
-            stats.checkpoint = Some(meta.first);
+            after = seeded;
         }
         stats.skipped_active = 0;
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let extend = |a: u64, b: u64, ranges: &mut Vec<(u64, u64)>| match ranges.last_mut() {
-            Some(last) if last.1 == a => last.1 = b,
-            _ => ranges.push((a, b)),
-        };
-        let mut at = after;
-        for (j, s) in plan.segments.iter().enumerate() {
-            let seg_last = s.first + s.count - 1;
-            if seg_last <= after {
-                continue;
-            }
-            match plan.metas[j] {
-                Some(m) if m.min_emitted > query.end => stats.skipped += 1,
-                // Some of it lies after the range: its block index says which.
-                Some(m) if m.max_emitted > query.end => {
-                    let path = source.checkpoint_path(m.first);
-                    match checkpoint::read_blocks(&path, &m) {
-                        Ok(blocks) => {
-                            let per = blocks.per;
-                            for (b, &min) in (0u64..).zip(&blocks.min_emitted) {
-                                let lo = if b == 0 { at } else { s.first + b * per - 1 };
-                                let hi = (s.first + (b + 1) * per - 1).min(seg_last);
-                                if min > query.end {
-                                    stats.skipped_blocks += hi - lo;
-                                } else {
-                                    extend(lo, hi, &mut ranges);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "usage block index unreadable; reading the whole segment");
-                            extend(at, seg_last, &mut ranges);
-                        }
-                    }
-                }
-                _ => extend(at, seg_last, &mut ranges),
-            }
-            at = seg_last;
-        }
-        let mut scanned = Ok(());
-        for (a, b) in ranges {
-            let b = b.min(upto);
-            let records = &mut stats.records;
-            scanned = scan::entries(source, a, b, |position, received, e| {
-                *records += 1;
-                usage.push_ref(position, UnixNanos::from(received), e)
-            })?;
-            if scanned.is_err() {
-                break;
-            }
-        }
+        let (ranges, at) = plan_ranges(source, plan, query, after, &mut stats);
+        let mut scanned = scan_ranges(source, ranges, upto, &mut usage, &mut stats)?;
         // The active segment: skip what an earlier query saw of it when
         // all of that lies after the range, and learn the rest.
         let mut active = None;
         if scanned.is_ok() && at < upto {
-            let known = plan
-                .active
-                .filter(|s| s.first == at + 1 && s.first == plan.active_first && s.upto <= upto);
-            let (mut from, mut min) = (at, UnixNanos::MAX);
-            if let Some(s) = known.filter(|s| s.min_emitted > query.end) {
-                stats.skipped_active = s.upto - at;
-                (from, min) = (s.upto, s.min_emitted);
-            }
-            let records = &mut stats.records;
-            scanned = scan::entries(source, from, upto, |position, received, e| {
-                *records += 1;
-                min = min.min(e.emitted_at);
-                usage.push_ref(position, UnixNanos::from(received), e)
-            })?;
-            active = (at + 1 == plan.active_first).then_some(ActiveStats {
-                first: at + 1,
-                upto,
-                min_emitted: min,
-            });
+            (scanned, active) = scan_active(source, plan, query, at, upto, &mut usage, &mut stats)?;
         }
         match scanned {
             Ok(()) => {
@@ -211,6 +108,189 @@ pub fn answer(
             Err(e) => return Err(inconsistent(e).into()),
         }
     }
+}
+
+/// The earliest `emitted_at` known in segments `j..`, for every `j`.
+fn suffix_min(plan: &Plan) -> Vec<UnixNanos> {
+    let n = plan.segments.len();
+    // suffix_min[j]: the earliest emitted_at known in segments j.. (segments
+    // without a checkpoint count as unknown, left to the engine's check).
+    let mut suffix_min = vec![UnixNanos::MAX; n + 1];
+    for j in (0..n).rev() {
+        let own = plan.metas[j].map_or(UnixNanos::MAX, |m| m.min_emitted);
+        suffix_min[j] = suffix_min[j + 1].min(own);
+    }
+    suffix_min
+}
+
+/// The latest segment whose checkpoint can seed the answer, if any.
+fn best_checkpoint(
+    plan: &Plan,
+    query: &Query,
+    suffix_min: &[UnixNanos],
+    excluded: &[bool],
+    limit: UnixNanos,
+) -> Option<usize> {
+    let n = plan.segments.len();
+    (0..n).rev().find(|&k| {
+        plan.metas[k].is_some_and(|m| {
+            !excluded[k]
+                && m.before <= query.start
+                && m.before <= limit
+                && query
+                    .as_of
+                    .is_none_or(|a| UnixNanos::from(m.received_max) <= a)
+                && suffix_min[k + 1] >= m.before
+        })
+    })
+}
+
+/// Seeds `usage` from the checkpoint `meta` and its pending records;
+/// returns the last position it covers, or `None` when it is unreadable.
+fn seed(
+    source: &dyn Source,
+    meta: &Meta,
+    usage: &mut Usage,
+    stats: &mut Stats,
+) -> Result<Option<u64>, AnswerError> {
+    let path = source.checkpoint_path(meta.first);
+    let body = match checkpoint::read_body(&path, meta) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "usage checkpoint unreadable; using another");
+            return Ok(None);
+        }
+    };
+    usage.seed(body.state).map_err(inconsistent)?;
+    let after = meta.first + meta.count - 1;
+    // Pending records are at or after `before`: never stale.
+    let records = &mut stats.records;
+    pending::entries(
+        source,
+        &body.pending,
+        meta.before,
+        after,
+        |position, received, e| {
+            *records += 1;
+            usage.push_ref(position, UnixNanos::from(received), e)
+        },
+    )?
+    .map_err(inconsistent)?;
+    stats.checkpoint = Some(meta.first);
+    Ok(Some(after))
+}
+
+/// Appends `(a, b)` to `ranges`, merging it with the last one when they touch.
+fn extend(a: u64, b: u64, ranges: &mut Vec<(u64, u64)>) {
+    match ranges.last_mut() {
+        Some(last) if last.1 == a => last.1 = b,
+        _ => ranges.push((a, b)),
+    }
+}
+
+/// The ranges of sealed segments after `after` to read, skipping segments
+/// and blocks that lie wholly after the query's range; also returns the
+/// last position of the sealed segments.
+fn plan_ranges(
+    source: &dyn Source,
+    plan: &Plan,
+    query: &Query,
+    after: u64,
+    stats: &mut Stats,
+) -> (Vec<(u64, u64)>, u64) {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut at = after;
+    for (j, s) in plan.segments.iter().enumerate() {
+        let seg_last = s.first + s.count - 1;
+        if seg_last <= after {
+            continue;
+        }
+        match plan.metas[j] {
+            Some(m) if m.min_emitted > query.end => stats.skipped += 1,
+            // Some of it lies after the range: its block index says which.
+            Some(m) if m.max_emitted > query.end => {
+                let path = source.checkpoint_path(m.first);
+                match checkpoint::read_blocks(&path, &m) {
+                    Ok(blocks) => {
+                        let per = blocks.per;
+                        for (b, &min) in (0u64..).zip(&blocks.min_emitted) {
+                            let lo = if b == 0 { at } else { s.first + b * per - 1 };
+                            let hi = (s.first + (b + 1) * per - 1).min(seg_last);
+                            if min > query.end {
+                                stats.skipped_blocks += hi - lo;
+                            } else {
+                                extend(lo, hi, &mut ranges);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "usage block index unreadable; reading the whole segment");
+                        extend(at, seg_last, &mut ranges);
+                    }
+                }
+            }
+            _ => extend(at, seg_last, &mut ranges),
+        }
+        at = seg_last;
+    }
+    (ranges, at)
+}
+
+/// Folds the records of `ranges` (cut at `upto`) into `usage`, stopping at
+/// the first one that does not fit.
+fn scan_ranges(
+    source: &dyn Source,
+    ranges: Vec<(u64, u64)>,
+    upto: u64,
+    usage: &mut Usage,
+    stats: &mut Stats,
+) -> Result<Result<(), SeedError>, ReadError> {
+    let mut scanned = Ok(());
+    for (a, b) in ranges {
+        let b = b.min(upto);
+        let records = &mut stats.records;
+        scanned = scan::entries(source, a, b, |position, received, e| {
+            *records += 1;
+            usage.push_ref(position, UnixNanos::from(received), e)
+        })?;
+        if scanned.is_err() {
+            break;
+        }
+    }
+    Ok(scanned)
+}
+
+/// Folds the records of the active segment after `at` up to `upto` into
+/// `usage`, and what it learned of that segment.
+fn scan_active(
+    source: &dyn Source,
+    plan: &Plan,
+    query: &Query,
+    at: u64,
+    upto: u64,
+    usage: &mut Usage,
+    stats: &mut Stats,
+) -> Result<(Result<(), SeedError>, Option<ActiveStats>), ReadError> {
+    let known = plan
+        .active
+        .filter(|s| s.first == at + 1 && s.first == plan.active_first && s.upto <= upto);
+    let (mut from, mut min) = (at, UnixNanos::MAX);
+    if let Some(s) = known.filter(|s| s.min_emitted > query.end) {
+        stats.skipped_active = s.upto - at;
+        (from, min) = (s.upto, s.min_emitted);
+    }
+    let records = &mut stats.records;
+    let scanned = scan::entries(source, from, upto, |position, received, e| {
+        *records += 1;
+        min = min.min(e.emitted_at);
+        usage.push_ref(position, UnixNanos::from(received), e)
+    })?;
+    let active = (at + 1 == plan.active_first).then_some(ActiveStats {
+        first: at + 1,
+        upto,
+        min_emitted: min,
+    });
+    Ok((scanned, active))
 }
 
 /// A seed error that the plan rules out; reported rather than unwrapped.

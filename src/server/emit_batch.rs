@@ -11,7 +11,7 @@ use super::status::Error;
 use super::Shared;
 use crate::metrics::{field_label, metrics, RecordLabels, RejectLabels, TypeLabels};
 use crate::pb::{EmitBatchRequest, EmitBatchResponse, EntryResult};
-use crate::record::{time_to_timestamp, Check, Invalid};
+use crate::record::{time_to_timestamp, Check, Entry, Invalid};
 use crate::sink::{Outcome, Record};
 
 pub(super) async fn emit_batch(
@@ -20,20 +20,7 @@ pub(super) async fn emit_batch(
     deadline: Option<tokio::time::Instant>,
     read: Option<Hold>,
 ) -> Result<EmitBatchResponse, Error> {
-    let max = shared.limits.max_entries_per_request;
-    if req.len() > max {
-        // The whole call, before any entry is looked at: the sender must
-        // split it, so no entry gets an answer of its own.
-        count_rejected("entries");
-        return Err(Invalid::new(
-            "entries",
-            format!(
-                "{} entries exceed the limit of {max} per request (--max-entries-per-request)",
-                req.len()
-            ),
-        )
-        .into());
-    }
+    check_size(shared, &req)?;
     let check = Check {
         limits: &shared.limits,
         now: OffsetDateTime::now_utc(),
@@ -46,34 +33,8 @@ pub(super) async fn emit_batch(
         let Ok(pb) = pb.map_err(|e| reject_undecodable(&mut results, i, &e)) else {
             continue;
         };
-        match check.entry(pb) {
-            Ok(entry) => {
-                results.push(EntryResult {
-                    duplicate: false,
-                    emitted_at: Some(time_to_timestamp(entry.emitted_at)),
-                    rejected: String::new(),
-                });
-                accepted.push((
-                    i,
-                    RecordLabels {
-                        r#type: "entry",
-                        kind: entry.kind.as_str(),
-                        reason: entry.reason.map_or("", |r| r.as_str()),
-                    },
-                ));
-                records.push(Record::entry(entry));
-            }
-            Err(invalid) => {
-                let invalid = invalid.within(&format!("entries[{i}]"));
-                tracing::debug!(%invalid, "entry rejected");
-                count_rejected(&invalid.field);
-                results.push(EntryResult {
-                    duplicate: false,
-                    emitted_at: None,
-                    rejected: invalid.to_string(),
-                });
-            }
-        }
+        let checked = check.entry(pb);
+        note_checked(checked, i, &mut results, &mut accepted, &mut records);
     }
     tracing::debug!(
         entries = results.len(),
@@ -98,6 +59,75 @@ pub(super) async fn emit_batch(
             of: accepted.len(),
         });
     }
+    apply_outcomes(&mut results, accepted, outcomes);
+    Ok(EmitBatchResponse { results })
+}
+
+/// Refuses the whole call when it holds more entries than allowed.
+fn check_size(shared: &Shared, req: &EmitBatchRequest) -> Result<(), Error> {
+    let max = shared.limits.max_entries_per_request;
+    if req.len() > max {
+        // The whole call, before any entry is looked at: the sender must
+        // split it, so no entry gets an answer of its own.
+        count_rejected("entries");
+        return Err(Invalid::new(
+            "entries",
+            format!(
+                "{} entries exceed the limit of {max} per request (--max-entries-per-request)",
+                req.len()
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Records the check of entry `i`: its result, and when accepted, its
+/// labels and record for the sinks.
+fn note_checked(
+    checked: Result<Entry, Invalid>,
+    i: usize,
+    results: &mut Vec<EntryResult>,
+    accepted: &mut Vec<(usize, RecordLabels)>,
+    records: &mut Vec<Record>,
+) {
+    match checked {
+        Ok(entry) => {
+            results.push(EntryResult {
+                duplicate: false,
+                emitted_at: Some(time_to_timestamp(entry.emitted_at)),
+                rejected: String::new(),
+            });
+            accepted.push((
+                i,
+                RecordLabels {
+                    r#type: "entry",
+                    kind: entry.kind.as_str(),
+                    reason: entry.reason.map_or("", |r| r.as_str()),
+                },
+            ));
+            records.push(Record::entry(entry));
+        }
+        Err(invalid) => {
+            let invalid = invalid.within(&format!("entries[{i}]"));
+            tracing::debug!(%invalid, "entry rejected");
+            count_rejected(&invalid.field);
+            results.push(EntryResult {
+                duplicate: false,
+                emitted_at: None,
+                rejected: invalid.to_string(),
+            });
+        }
+    }
+}
+
+/// Updates the results of the accepted entries with the sinks' outcomes,
+/// counting them.
+fn apply_outcomes(
+    results: &mut [EntryResult],
+    accepted: Vec<(usize, RecordLabels)>,
+    outcomes: Vec<Outcome>,
+) {
     let m = metrics();
     for ((i, labels), outcome) in accepted.into_iter().zip(outcomes) {
         let Some(result) = results.get_mut(i) else {
@@ -122,7 +152,6 @@ pub(super) async fn emit_batch(
             }
         }
     }
-    Ok(EmitBatchResponse { results })
 }
 
 /// An entry that could not be decoded: rejected at its position, like one

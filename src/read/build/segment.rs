@@ -53,18 +53,9 @@ pub(super) fn build_one(
 ) -> Result<(Meta, Blocks, Body), ReadError> {
     let seg = plan.segments[j];
     let last = seg.first + seg.count - 1;
-    let prior = j.checked_sub(1).and_then(|i| metas[i]);
-    let received_max = prior.map_or(seg.received_max, |m| m.received_max.max(seg.received_max));
-    let trailing = UnixNanos::from(received_max) - UnixNanos::from(SETTLE);
-    let before = prior.map_or(trailing, |m| m.before.max(trailing));
+    let (received_max, before) = bounds(metas, j, seg.received_max);
     loop {
-        let (state, carried, after) = match base.take() {
-            Some((i, body)) => {
-                let s = plan.segments[i];
-                (Some(body.state), body.pending, s.first + s.count - 1)
-            }
-            None => (None, Pending::default(), plan.from - 1),
-        };
+        let (state, carried, after) = unpack_base(plan, base.take());
         let carried_before = state.as_ref().map(|s| s.before);
         let input = Input {
             source,
@@ -91,12 +82,7 @@ pub(super) fn build_one(
             if let Some(index) = position.checked_sub(seg.first) {
                 min_emitted = min_emitted.min(at);
                 max_emitted = max_emitted.max(at);
-                blocks.note(index, at);
-                let b = usize::try_from(index / blocks.per).unwrap_or(usize::MAX);
-                match block_max.get_mut(b) {
-                    Some(m) => *m = (*m).max(at),
-                    None => block_max.push(at),
-                }
+                note_block(&mut blocks, &mut block_max, index, at);
             }
             if let Some(b) = carried_before.filter(|&b| at < b) {
                 return Err(SeedError::Stale {
@@ -105,39 +91,12 @@ pub(super) fn build_one(
                     before: b,
                 });
             }
-            if at >= before {
-                pending.add(position);
-                return Ok(());
-            }
-            samples.note(at);
-            if let Some(f) = fold.as_mut() {
-                f.push_ref(position, e)?;
-                if f.held() > FOLD_EVENTS {
-                    fold = None;
-                }
-            }
-            Ok(())
+            fold_one(&mut fold, &mut pending, &mut samples, before, position, e)
         })?;
         match scanned {
             Ok(()) => {
-                let state = match (fold, spare) {
-                    (Some(f), _) => f.finish(),
-                    (None, Some(spare)) => {
-                        let ends = samples.ends(before);
-                        #[cfg(test)]
-                        WINDOWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::debug!(
-                            first = seg.first,
-                            windows = ends.len(),
-                            "usage checkpoint folded in windows"
-                        );
-                        let blocks = (&blocks, block_max.as_slice());
-                        input.windows(spare, &ends, blocks)?
-                    }
-                    (None, None) => {
-                        return Err(stale_chain(SeedError::NotFirst));
-                    }
-                };
+                let windows = (&blocks, block_max.as_slice());
+                let state = finish_state(&input, fold, spare, samples, before, windows)?;
                 let meta = Meta {
                     from: plan.from,
                     first: seg.first,
@@ -152,15 +111,115 @@ pub(super) fn build_one(
             }
             Err(SeedError::Stale { at, .. }) => {
                 // Start again from the latest checkpoint before that record.
-                base = (0..j.saturating_sub(1))
-                    .rev()
-                    .filter(|&i| metas[i].is_some_and(|m| m.before <= at))
-                    .find_map(|i| load(source, &plan.segments, metas, i).map(|b| (i, b)));
+                base = rebase(source, plan, metas, j, at);
                 tracing::debug!(first = seg.first, at, from = ?base.as_ref().map(|(i, _)| plan.segments[*i].first), "late record: usage checkpoint built from further back");
             }
             Err(e) => return Err(stale_chain(e)),
         }
     }
+}
+
+/// The latest receive time up to the end of segment `j` (whose own is
+/// `seg_received_max`) and the `before` of its checkpoint.
+fn bounds(metas: &[Option<Meta>], j: usize, seg_received_max: i64) -> (i64, UnixNanos) {
+    let prior = j.checked_sub(1).and_then(|i| metas[i]);
+    let received_max = prior.map_or(seg_received_max, |m| m.received_max.max(seg_received_max));
+    let trailing = UnixNanos::from(received_max) - UnixNanos::from(SETTLE);
+    let before = prior.map_or(trailing, |m| m.before.max(trailing));
+    (received_max, before)
+}
+
+/// Keeps a record emitted at or after `before` as pending; otherwise
+/// samples it and folds it, dropping the fold once it holds too many.
+fn fold_one(
+    fold: &mut Option<Fold>,
+    pending: &mut Pending,
+    samples: &mut Samples,
+    before: UnixNanos,
+    position: u64,
+    e: EntryRef<'_>,
+) -> Result<(), SeedError> {
+    let at = e.emitted_at;
+    if at >= before {
+        pending.add(position);
+        return Ok(());
+    }
+    samples.note(at);
+    if let Some(f) = fold.as_mut() {
+        f.push_ref(position, e)?;
+        if f.held() > FOLD_EVENTS {
+            *fold = None;
+        }
+    }
+    Ok(())
+}
+
+/// The base's state, pending records and last position, or nothing and
+/// the position before the first retained one.
+fn unpack_base(plan: &Plan, base: Option<(usize, Body)>) -> (Option<Checkpoint>, Pending, u64) {
+    match base {
+        Some((i, body)) => {
+            let s = plan.segments[i];
+            (Some(body.state), body.pending, s.first + s.count - 1)
+        }
+        None => (None, Pending::default(), plan.from - 1),
+    }
+}
+
+/// Notes `at`, the `emitted_at` of the record at `index` in the segment,
+/// in `blocks` and in the latest `emitted_at` of its block.
+fn note_block(blocks: &mut Blocks, block_max: &mut Vec<UnixNanos>, index: u64, at: UnixNanos) {
+    blocks.note(index, at);
+    let b = usize::try_from(index / blocks.per).unwrap_or(usize::MAX);
+    match block_max.get_mut(b) {
+        Some(m) => *m = (*m).max(at),
+        None => block_max.push(at),
+    }
+}
+
+/// The state of a build whose first pass succeeded: its fold's, or, when
+/// that was dropped, the one folded in windows from `spare`.
+fn finish_state(
+    input: &Input<'_>,
+    fold: Option<Fold>,
+    spare: Option<Option<Checkpoint>>,
+    samples: Samples,
+    before: UnixNanos,
+    blocks: (&Blocks, &[UnixNanos]),
+) -> Result<Checkpoint, ReadError> {
+    let state = match (fold, spare) {
+        (Some(f), _) => f.finish(),
+        (None, Some(spare)) => {
+            let ends = samples.ends(before);
+            #[cfg(test)]
+            WINDOWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                first = input.first,
+                windows = ends.len(),
+                "usage checkpoint folded in windows"
+            );
+            input.windows(spare, &ends, blocks)?
+        }
+        (None, None) => {
+            return Err(stale_chain(SeedError::NotFirst));
+        }
+    };
+    Ok(state)
+}
+
+/// The latest checkpoint before segment `j - 1` made before `at`, loaded,
+/// to start a build again from.
+fn rebase(
+    source: &dyn Source,
+    plan: &Plan,
+    metas: &[Option<Meta>],
+    j: usize,
+    at: UnixNanos,
+) -> Option<(usize, Body)> {
+    (0..j.saturating_sub(1))
+        .rev()
+        .filter(|&i| metas[i].is_some_and(|m| m.before <= at))
+        .find_map(|i| load(source, &plan.segments, metas, i).map(|b| (i, b)))
 }
 
 /// A window of time `[lo, hi)` to fold, with the segment's blocks and the

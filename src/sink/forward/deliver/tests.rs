@@ -4,6 +4,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::record::{Entry, Kind, Shape};
+use crate::sink::forward::verdict::Failure;
 use crate::sink::forward::UpstreamFuture;
 
 fn record(key: &str) -> Record {
