@@ -9,14 +9,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest as _, Sha256};
 
-use super::chain::{sha256_of, write_seal};
+use super::chain::{sha256_of, write_seal, Head};
 use super::disk::Create;
 use super::index::SealedKeys;
 use super::keys::{self, KeyIndex, Summary};
-use super::names::{DATA, KEYS, SEAL, TIMES, USAGE};
+use super::names::{Names, DATA, KEYS, SEAL, TIMES, USAGE};
 use super::state::{Active, Sealed};
 use super::times;
-use super::writer::Writer;
+use super::writer::{State, Writer};
 use super::{now_nanos, ActiveMeta};
 
 // === impl Writer ===
@@ -85,57 +85,10 @@ impl Writer {
         // an index and a seal without data, which the next open deletes.
         keys::write(&names, &names.sealed(first, KEYS), &summary, &mut entries)?;
         drop(entries);
-        let new_head = write_seal(&names, first, count, len, sha, head, now_nanos())?;
-        names.sync_dir()?;
-        // The record file moves first, then the data: an open that finds the
-        // newest segment's record file without its data finishes the rename.
-        names.rename(&names.active_times(), &names.sealed(first, TIMES))?;
-        names.rename(&names.active_data(), &names.sealed(first, DATA))?;
-        let next = first + count;
-        super::segment::write_times(&names, &names.active_times(), next, &[], &[], now_nanos())?;
-        let data = names.create(&names.active_data(), Create::Append)?;
-        names.sync_dir()?;
-        let times = names.create(&names.active_times(), Create::Append)?;
+        let (new_head, next, data, times) = rename_sealed(&names, first, count, len, sha, head)?;
 
-        let in_window = summary.received_max >= now_nanos().saturating_sub(window);
-        let keys = if in_window {
-            let index = KeyIndex::open(&names.sealed(first, KEYS))
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
-            let sealed_data = File::open(names.sealed(first, DATA))?;
-            Some(SealedKeys {
-                index,
-                data: sealed_data,
-            })
-        } else {
-            None
-        };
-        let bytes_before = st.meta.bytes_before;
-        st.sealed.push(Sealed {
-            summary,
-            written_len: len,
-            bytes_before,
-            keys,
-        });
-        let data = Arc::new(data);
-        st.meta = Arc::new(ActiveMeta {
-            first: next,
-            data: data.clone(),
-            commits: RwLock::new(Vec::new()),
-            checks: RwLock::new(Vec::new()),
-            bytes_before: bytes_before + len,
-        });
-        st.active = Active {
-            first: next,
-            data,
-            times: Arc::new(times),
-            count: 0,
-            len: 0,
-            times_len: times::HEADER as u64,
-            commits: Vec::new(),
-            checks: Vec::new(),
-            keys: Default::default(),
-            hash: Some(Sha256::new()),
-        };
+        let keys = sealed_keys(&names, first, &summary, window)?;
+        start_next(st, summary, len, keys, next, data, times);
         self.set_head(Some(new_head));
         self.publish();
         crate::metrics::metrics()
@@ -231,4 +184,91 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Writes the seal and renames the active files into the segment, then
+/// creates the next active files; returns the new head, the next active
+/// file's first position, and its data and record files.
+fn rename_sealed(
+    names: &Names,
+    first: u64,
+    count: u64,
+    len: u64,
+    sha: [u8; 32],
+    head: Option<Head>,
+) -> io::Result<(Head, u64, File, File)> {
+    let new_head = write_seal(names, first, count, len, sha, head, now_nanos())?;
+    names.sync_dir()?;
+    // The record file moves first, then the data: an open that finds the
+    // newest segment's record file without its data finishes the rename.
+    names.rename(&names.active_times(), &names.sealed(first, TIMES))?;
+    names.rename(&names.active_data(), &names.sealed(first, DATA))?;
+    let next = first + count;
+    super::segment::write_times(names, &names.active_times(), next, &[], &[], now_nanos())?;
+    let data = names.create(&names.active_data(), Create::Append)?;
+    names.sync_dir()?;
+    let times = names.create(&names.active_times(), Create::Append)?;
+    Ok((new_head, next, data, times))
+}
+
+/// The new segment's keys, loaded when it is inside the dedupe window.
+fn sealed_keys(
+    names: &Names,
+    first: u64,
+    summary: &Summary,
+    window: i64,
+) -> io::Result<Option<SealedKeys>> {
+    let in_window = summary.received_max >= now_nanos().saturating_sub(window);
+    let keys = if in_window {
+        let index = KeyIndex::open(&names.sealed(first, KEYS))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
+        let sealed_data = File::open(names.sealed(first, DATA))?;
+        Some(SealedKeys {
+            index,
+            data: sealed_data,
+        })
+    } else {
+        None
+    };
+    Ok(keys)
+}
+
+/// Adds the new segment to the writer's state and starts the next active
+/// segment at `next`.
+fn start_next(
+    st: &mut State,
+    summary: Summary,
+    len: u64,
+    keys: Option<SealedKeys>,
+    next: u64,
+    data: File,
+    times: File,
+) {
+    let bytes_before = st.meta.bytes_before;
+    st.sealed.push(Sealed {
+        summary,
+        written_len: len,
+        bytes_before,
+        keys,
+    });
+    let data = Arc::new(data);
+    st.meta = Arc::new(ActiveMeta {
+        first: next,
+        data: data.clone(),
+        commits: RwLock::new(Vec::new()),
+        checks: RwLock::new(Vec::new()),
+        bytes_before: bytes_before + len,
+    });
+    st.active = Active {
+        first: next,
+        data,
+        times: Arc::new(times),
+        count: 0,
+        len: 0,
+        times_len: times::HEADER as u64,
+        commits: Vec::new(),
+        checks: Vec::new(),
+        keys: Default::default(),
+        hash: Some(Sha256::new()),
+    };
 }

@@ -6,17 +6,16 @@
 //! holds it (a rewrite of the whole chain is caught by that alone).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::annotate;
 use super::chain::{self, Seal};
-use super::index::walk_records;
-use super::names::{Names, DATA, SEAL, TIMES};
-use super::segment::sealed_layout;
-use super::times;
-use super::walk::Span;
-use super::{annotate, Unreadable};
+use super::names::{Names, DATA, SEAL};
+
+mod files;
+
+use files::{check_active, check_segment};
 
 /// One thing that does not hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,10 +52,6 @@ impl Report {
     }
 }
 
-fn no_key(_: &[u8]) -> Result<Option<std::borrow::Cow<'_, str>>, Unreadable> {
-    Ok(None)
-}
-
 /// Verifies `stream` in `dir`; with `head`, also that the chain holds a
 /// seal with this hash. Blocking.
 pub fn verify(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Result<Report> {
@@ -86,6 +81,33 @@ fn listing(dir: &Path, stream: &'static str) -> io::Result<Vec<String>> {
 
 fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Result<Report> {
     let names = Names::new(dir, stream);
+    let (data_firsts, seal_firsts) = list_sealed(dir, &names)?;
+    let mut r = Report {
+        stream,
+        ..Report::default()
+    };
+
+    let (seals, links) = check_chain(&names, stream, &seal_firsts, &mut r)?;
+    check_head(dir, head, &links, &mut r);
+
+    let end = check_segments(&names, &data_firsts, &seals, &mut r)?;
+    check_retired(&names, &data_firsts, &seals, &mut r);
+    check_active(&names, end.max(r.sealed.map_or(0, |s| s.1)), &mut r)?;
+    r.failures.sort_by_key(|f| f.position.unwrap_or(0));
+    Ok(r)
+}
+
+/// Records one failure in `r`.
+fn fail(r: &mut Report, position: Option<u64>, file: PathBuf, reason: String) {
+    r.failures.push(Failure {
+        position,
+        file,
+        reason,
+    });
+}
+
+/// The first positions of the sealed data files and of the seals in `dir`.
+fn list_sealed(dir: &Path, names: &Names) -> io::Result<(BTreeSet<u64>, BTreeSet<u64>)> {
     let mut data_firsts = BTreeSet::new();
     let mut seal_firsts = BTreeSet::new();
     for d in std::fs::read_dir(dir).map_err(|e| annotate(e, "list", dir))? {
@@ -100,24 +122,23 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
             _ => {}
         }
     }
-    let mut r = Report {
-        stream,
-        ..Report::default()
-    };
-    let fail = |r: &mut Report, position: Option<u64>, file: PathBuf, reason: String| {
-        r.failures.push(Failure {
-            position,
-            file,
-            reason,
-        });
-    };
+    Ok((data_firsts, seal_firsts))
+}
 
+/// The chain: returns the seals that parse, by first position, and every
+/// seal's link (hex), oldest first.
+fn check_chain(
+    names: &Names,
+    stream: &'static str,
+    seal_firsts: &BTreeSet<u64>,
+    r: &mut Report,
+) -> io::Result<(BTreeMap<u64, Seal>, Vec<String>)> {
     // The chain: every seal parses, names its own positions, links to the
     // one before it, and follows on from it.
     let mut seals: BTreeMap<u64, Seal> = BTreeMap::new();
     let mut links: Vec<String> = Vec::new();
     let mut prev: Option<(Seal, [u8; 32])> = None;
-    for &first in &seal_firsts {
+    for &first in seal_firsts {
         let path = names.sealed(first, SEAL);
         let (parsed, link) = chain::read(&path).map_err(|e| annotate(e, "read", &path))?;
         links.push(chain::hex(&link));
@@ -125,7 +146,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
             Ok(s) if s.first == first && s.stream == stream => s,
             Ok(s) => {
                 fail(
-                    &mut r,
+                    r,
                     Some(first),
                     path,
                     format!(
@@ -137,7 +158,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
                 continue;
             }
             Err(why) => {
-                fail(&mut r, Some(first), path, why);
+                fail(r, Some(first), path, why);
                 prev = None;
                 continue;
             }
@@ -145,7 +166,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         let want_prev = prev.as_ref().map(|(_, l)| chain::hex(l));
         match &prev {
             Some((p, _)) if p.last + 1 != seal.first => fail(
-                &mut r,
+                r,
                 Some(p.last + 1),
                 path.clone(),
                 format!(
@@ -158,7 +179,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         }
         if prev.is_some() && seal.prev_seal_sha256 != want_prev {
             fail(
-                &mut r,
+                r,
                 Some(first),
                 path.clone(),
                 "the seal does not link to the seal before it (the chain was changed)".into(),
@@ -167,7 +188,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         {
             // The oldest seal links to one that is gone: deleted by hand.
             fail(
-                &mut r,
+                r,
                 Some(first),
                 path.clone(),
                 "the seal links to an earlier seal that is gone".into(),
@@ -177,26 +198,40 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         prev = Some((seal.clone(), link));
         seals.insert(first, seal);
     }
+    Ok((seals, links))
+}
+
+/// Records the newest link as the head and checks that the chain holds
+/// the head given, if any.
+fn check_head(dir: &Path, head: Option<&str>, links: &[String], r: &mut Report) {
     r.head = links.last().cloned();
     if let Some(want) = head {
         let want = want.trim().to_ascii_lowercase();
         if !links.contains(&want) {
             fail(
-                &mut r,
+                r,
                 None,
                 dir.to_path_buf(),
                 format!("head {want} is in no seal of the chain: the chain was rewritten since it was recorded"),
             );
         }
     }
+}
 
+/// Checks every sealed segment; returns the last position they cover.
+fn check_segments(
+    names: &Names,
+    data_firsts: &BTreeSet<u64>,
+    seals: &BTreeMap<u64, Seal>,
+    r: &mut Report,
+) -> io::Result<u64> {
     // Every sealed segment against its seal and its records' checksums.
     let mut end = 0u64;
-    for &first in &data_firsts {
+    for &first in data_firsts {
         let data_path = names.sealed(first, DATA);
         if end > 0 && first > end + 1 {
             fail(
-                &mut r,
+                r,
                 Some(end + 1),
                 data_path.clone(),
                 format!("positions {}..{} are in no segment", end + 1, first - 1),
@@ -204,7 +239,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         }
         let Some(seal) = seals.get(&first) else {
             fail(
-                &mut r,
+                r,
                 Some(first),
                 data_path.clone(),
                 "the segment has no seal".into(),
@@ -214,8 +249,19 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         };
         end = seal.last;
         r.segments_checked += 1;
-        check_segment(&names, first, seal, &mut r)?;
+        check_segment(names, first, seal, r)?;
     }
+    Ok(end)
+}
+
+/// Counts the retired segments and reports sealed ones that are gone
+/// without being the oldest.
+fn check_retired(
+    names: &Names,
+    data_firsts: &BTreeSet<u64>,
+    seals: &BTreeMap<u64, Seal>,
+    r: &mut Report,
+) {
     r.segments_retired = seals.keys().filter(|f| !data_firsts.contains(f)).count();
     // Seals of segments that are gone are retired ones only before the
     // oldest segment (retention goes oldest first).
@@ -223,7 +269,7 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
         for (&first, s) in seals.range(oldest..) {
             if !data_firsts.contains(&first) {
                 fail(
-                    &mut r,
+                    r,
                     Some(first),
                     names.sealed(first, DATA),
                     format!(
@@ -234,152 +280,4 @@ fn verify_once(dir: &Path, stream: &'static str, head: Option<&str>) -> io::Resu
             }
         }
     }
-    check_active(&names, end.max(r.sealed.map_or(0, |s| s.1)), &mut r)?;
-    r.failures.sort_by_key(|f| f.position.unwrap_or(0));
-    Ok(r)
-}
-
-/// A sealed segment against its seal: length, SHA-256, record file, and
-/// every record's checksum.
-fn check_segment(names: &Names, first: u64, seal: &Seal, r: &mut Report) -> io::Result<()> {
-    let data_path = names.sealed(first, DATA);
-    let times_path = names.sealed(first, TIMES);
-    let data = File::open(&data_path).map_err(|e| annotate(e, "open", &data_path))?;
-    let len = data.metadata()?.len();
-    let t = match times::read(&times_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(annotate(e, "read", &times_path)),
-    };
-    let times_ok = t.as_ref().is_some_and(|t| {
-        t.first == first && t.count() == seal.count && t.fully_checked() && t.lost_groups == 0
-    });
-    if !times_ok {
-        let why = match &t {
-            None => "the record file is missing or unreadable".to_owned(),
-            Some(t) if t.first != first => {
-                format!("the record file says the segment starts at {}", t.first)
-            }
-            Some(t) if t.count() != seal.count => format!(
-                "the record file holds {} records, the seal {}",
-                t.count(),
-                seal.count
-            ),
-            Some(_) => "the record file is damaged: some records' checksums are lost".to_owned(),
-        };
-        r.failures.push(Failure {
-            position: Some(first),
-            file: times_path,
-            reason: why,
-        });
-    }
-    let (commits, checks) = sealed_layout(t, seal.count, seal.bytes, 0);
-    let walked = walk_records(
-        &data,
-        Span {
-            commits: &commits,
-            start: (0, 0),
-            checks: &checks,
-            trust_unchecked: false,
-        },
-        no_key,
-        None,
-    )?;
-    r.bytes += len;
-    if let Some(&i) = walked.damaged.first() {
-        r.failures.push(Failure {
-            position: Some(first + i),
-            file: data_path.clone(),
-            reason: format!(
-                "the record does not match the checksum written with it ({} damaged records in the segment)",
-                walked.damaged.len()
-            ),
-        });
-    }
-    let sha = match walked.sha256() {
-        Some(h) if walked.end == len => h,
-        _ => super::chain::sha256_of(&data, len)?,
-    };
-    if len != seal.bytes || chain::hex(&sha) != seal.sha256 {
-        r.failures.push(Failure {
-            // Where the records show it, if they do.
-            position: Some(walked.damaged.first().map_or(first, |i| first + i)),
-            file: data_path,
-            reason: format!(
-                "the segment ({len} bytes) is not the one sealed ({} bytes, SHA-256 {})",
-                seal.bytes, seal.sha256
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The active file's records against their checksums.
-fn check_active(names: &Names, sealed_end: u64, r: &mut Report) -> io::Result<()> {
-    let data_path = names.active_data();
-    let times_path = names.active_times();
-    let data = match File::open(&data_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(annotate(e, "open", &data_path)),
-    };
-    let t = match times::read(&times_path) {
-        Ok(Some(t)) => t,
-        Ok(None) | Err(_) => {
-            if data.metadata()?.len() > 0 {
-                r.failures.push(Failure {
-                    position: Some(sealed_end + 1),
-                    file: times_path,
-                    reason: "the active file's record file is missing or unreadable".into(),
-                });
-            }
-            return Ok(());
-        }
-    };
-    let first = if t.first > 0 { t.first } else { sealed_end + 1 };
-    if sealed_end > 0 && first != sealed_end + 1 {
-        r.failures.push(Failure {
-            position: Some(sealed_end + 1),
-            file: times_path.clone(),
-            reason: format!(
-                "the active file starts at position {first}, but the segments end at {sealed_end}"
-            ),
-        });
-    }
-    if t.lost_groups > 0 || !t.fully_checked() {
-        r.failures.push(Failure {
-            position: Some(first),
-            file: times_path,
-            reason: "the record file is damaged: some records' checksums are lost".into(),
-        });
-    }
-    let count = t.count();
-    let walked = walk_records(
-        &data,
-        Span {
-            commits: &t.commits,
-            start: (0, 0),
-            checks: &t.checks,
-            trust_unchecked: false,
-        },
-        no_key,
-        None,
-    )?;
-    let len = data.metadata()?.len();
-    r.bytes += len;
-    r.unacknowledged_bytes = len.saturating_sub(walked.end);
-    if count > 0 {
-        r.unsealed = Some((first, first + count - 1));
-    }
-    if let Some(&i) = walked.damaged.first() {
-        r.failures.push(Failure {
-            position: Some(first + i),
-            file: data_path,
-            reason: format!(
-                "the record does not match the checksum written with it ({} damaged records in the active file)",
-                walked.damaged.len()
-            ),
-        });
-    }
-    Ok(())
 }
