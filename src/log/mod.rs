@@ -62,6 +62,8 @@ mod tests;
 mod tests_crash;
 #[cfg(test)]
 mod tests_damage;
+#[cfg(test)]
+mod tests_lifecycle;
 
 pub use config::{Fsync, LogConfig};
 pub use keys::Summary;

@@ -330,64 +330,6 @@ async fn a_damaged_record_file_keeps_the_records_it_describes() {
     log.close().await.unwrap();
 }
 
-/// `meterd usage --ledger` beside a running meterd: a snapshot taken while
-/// segments are sealed sees every durable record exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_see_every_durable_record_once_while_segments_are_sealed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    // A seal after every group or two.
-    cfg.segment_max_bytes = 40;
-    let log = open(&cfg).await;
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let reader = {
-        let (dir, acked, stop) = (dir.path().to_path_buf(), acked.clone(), stop.clone());
-        let taken = taken.clone();
-        std::thread::spawn(move || {
-            let mut snapshots = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let before = acked.load(std::sync::atomic::Ordering::SeqCst);
-                let snap = Snapshot::open(&dir, "entries").unwrap();
-                assert!(snap.end() >= before, "{} < {before}", snap.end());
-                let mut r = snap.reader(0).unwrap();
-                let mut next = 1;
-                loop {
-                    let got = r.read(1000, 1 << 20).unwrap();
-                    if got.is_empty() {
-                        break;
-                    }
-                    for l in got {
-                        assert_eq!(l.position, next, "snapshot {snapshots}");
-                        let want = format!("{{\"id\":\"k{next}\",\"n\":{next}}}\n");
-                        assert_eq!(l.line, want.as_bytes());
-                        next += 1;
-                    }
-                }
-                assert_eq!(next - 1, snap.end(), "snapshot {snapshots} read to its end");
-                snapshots += 1;
-                taken.store(snapshots, std::sync::atomic::Ordering::SeqCst);
-            }
-            snapshots
-        })
-    };
-    // Writes (and seals) go on until the reader has taken enough
-    // snapshots, however busy the machine is.
-    let mut k = 0usize;
-    while k < 1500 || taken.load(std::sync::atomic::Ordering::SeqCst) <= 10 {
-        k += 1;
-        assert!(k < 50_000, "the reader took too few snapshots");
-        append(&log, vec![rec(Some(&format!("k{k}")), k)]).await;
-        acked.store(k as u64, std::sync::atomic::Ordering::SeqCst);
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let snapshots = reader.join().unwrap();
-    assert!(snapshots > 10, "{snapshots} snapshots");
-    assert!(log.segments().len() > 100);
-    log.close().await.unwrap();
-}
-
 /// The active file's last record lost its final newline and bytes before it
 /// were inserted or deleted: it is still whole, and nothing of it is cut as
 /// an unacknowledged tail; a shortened file is damage here, not a crash
