@@ -196,9 +196,17 @@ impl Binary {
     /// Starts `meterd serve --listen 127.0.0.1:PORT --ledger DIR EXTRA...`
     /// and waits until it answers health checks.
     pub async fn start(ledger: &Path, extra: &[&str]) -> Binary {
-        let mut bin = Self::spawn(ledger, extra);
-        bin.wait_ready().await;
-        bin
+        // A port found free can be taken by another test before meterd
+        // binds it: then meterd says so and exits, and another port is tried.
+        for _ in 0..3 {
+            let mut bin = Self::spawn(ledger, extra);
+            match bin.ready().await {
+                Ok(()) => return bin,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("meterd exited early; its log:\n{log}"),
+            }
+        }
+        panic!("meterd found its port taken three times");
     }
 
     /// Starts the binary without waiting for it (for servers whose TCP port
@@ -240,9 +248,18 @@ impl Binary {
     }
 
     pub async fn wait_ready(&mut self) {
+        if let Err(log) = self.ready().await {
+            panic!("meterd exited early; its log:\n{log}");
+        }
+    }
+
+    /// Waits until the server answers health checks; `Err` with its log if
+    /// it exited first.
+    async fn ready(&mut self) -> Result<(), String> {
         for _ in 0..500 {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meterd exited early: {status}");
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!("{log}(exit: {status})"));
             }
             if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
                 .unwrap()
@@ -251,7 +268,7 @@ impl Binary {
             {
                 let mut h = HealthClient::new(ch);
                 if h.check(HealthCheckRequest::default()).await.is_ok() {
-                    return;
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
